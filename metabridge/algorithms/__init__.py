@@ -1,0 +1,1 @@
+"""Meta-learning algorithms written once with ops."""

@@ -1,0 +1,1 @@
+"""Numpy-only datasets and samplers."""

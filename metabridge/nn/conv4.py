@@ -1,0 +1,86 @@
+"""Conv4: the MAML / Prototypical-network backbone."""
+from __future__ import annotations
+
+from metabridge import ops
+from metabridge.nn.base import Model, batch_norm, conv, dense
+
+
+def _check_image_shape(input_shape, owner: str) -> tuple[int, int, int]:
+    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
+            or not all(isinstance(s, int) and s > 0 for s in input_shape)):
+        raise ValueError(
+            f"Expected input_shape (height, width, channels) of positive ints for {owner}. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    return tuple(input_shape)
+
+
+class Conv4(Model):
+    """4 × [3×3 conv ``channels``, batch norm, ReLU, 2×2 max-pool] (+ optional dense head).
+
+    ``strided=True`` is MAML's Omniglot variant: stride-2 ``"same"`` convs, no
+    pooling, features averaged over space. With ``out_features`` a dense head
+    ``head.kernel``/``head.bias`` maps the features to logits; without one the
+    model is an embedding (ProtoNet style).
+
+    >>> model = Conv4(out_features=5, input_shape=(28, 28, 1))
+    >>> model.feature_dim
+    64
+    """
+
+    def __init__(self, out_features: int | None = None, input_shape=(28, 28, 1),
+                 channels: int = 64, strided: bool = False):
+        self.input_shape = _check_image_shape(input_shape, "Conv4")
+        if out_features is not None and (not isinstance(out_features, int) or out_features < 1):
+            raise ValueError(f"Expected out_features >= 1 or None. Received: out_features={out_features!r}")
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"Expected channels >= 1. Received: channels={channels!r}")
+        self.out_features, self.channels, self.strided = out_features, channels, strided
+        h, w, _ = self.input_shape
+        for _ in range(4):
+            h, w = ((h + 1) // 2, (w + 1) // 2) if strided else (h // 2, w // 2)
+            if h < 1 or w < 1:
+                raise ValueError(
+                    f"Expected input_shape large enough for 4 pooling stages (at least 16x16). "
+                    f"Received: input_shape={tuple(input_shape)}"
+                )
+        self.feature_dim = channels if strided else h * w * channels
+
+    def param_shapes(self):
+        shapes, cin = {}, self.input_shape[2]
+        for i in range(1, 5):
+            shapes[f"conv{i}.kernel"] = (3, 3, cin, self.channels)
+            shapes[f"conv{i}.bias"] = (self.channels,)
+            shapes[f"bn{i}.scale"] = (self.channels,)
+            shapes[f"bn{i}.offset"] = (self.channels,)
+            cin = self.channels
+        if self.out_features is not None:
+            shapes["head.kernel"] = (self.feature_dim, self.out_features)
+            shapes["head.bias"] = (self.out_features,)
+        return shapes
+
+    def init_state(self):
+        import numpy as np
+
+        from metabridge import config
+
+        dt = config.floatx()
+        state = {}
+        for i in range(1, 5):
+            state[f"bn{i}.running_mean"] = np.zeros(self.channels, dtype=dt)
+            state[f"bn{i}.running_var"] = np.ones(self.channels, dtype=dt)
+        return state
+
+    def _forward(self, params, x, state, training):
+        new_state = {}
+        for i in range(1, 5):
+            x = conv(params, f"conv{i}", x, stride=2 if self.strided else 1, padding="same")
+            x, updates = batch_norm(params, f"bn{i}", x, state, training)
+            new_state.update(updates)
+            x = ops.relu(x)
+            if not self.strided:
+                x = ops.max_pool2d(x, 2)
+        x = ops.mean(x, (1, 2)) if self.strided else ops.flatten(x)
+        if self.out_features is not None:
+            x = dense(params, "head", x)
+        return x, new_state

@@ -1,0 +1,46 @@
+"""Multi-layer perceptron."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from metabridge import ops
+from metabridge.nn.base import Model, dense
+
+_ACTIVATIONS = {"relu": ops.relu, "tanh": ops.tanh, "sigmoid": ops.sigmoid}
+
+
+class MLP(Model):
+    """Dense layers ``sizes[0] -> ... -> sizes[-1]``, activation between them.
+
+    >>> model = MLP([1, 40, 40, 1])
+    >>> sorted(model.param_shapes().items())[0]
+    ('dense1.bias', (40,))
+    """
+
+    def __init__(self, sizes: Sequence[int], activation: str = "relu"):
+        if (not isinstance(sizes, (list, tuple)) or len(sizes) < 2
+                or not all(isinstance(s, int) and s > 0 for s in sizes)):
+            raise ValueError(f"Expected sizes to be at least two positive ints. Received: sizes={sizes!r}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"Expected activation in {tuple(_ACTIVATIONS)}. Received: activation={activation!r}"
+            )
+        self.sizes = list(sizes)
+        self.activation = activation
+        self.input_shape = (sizes[0],)
+
+    def param_shapes(self):
+        shapes = {}
+        for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:]), start=1):
+            shapes[f"dense{i}.kernel"] = (a, b)
+            shapes[f"dense{i}.bias"] = (b,)
+        return shapes
+
+    def _forward(self, params, x, state, training):
+        act = _ACTIVATIONS[self.activation]
+        n = len(self.sizes) - 1
+        for i in range(1, n + 1):
+            x = dense(params, f"dense{i}", x)
+            if i < n:
+                x = act(x)
+        return x, {}

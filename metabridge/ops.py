@@ -1,0 +1,461 @@
+"""Backend-neutral operations. Each op's meaning is defined here, once.
+
+Every function dispatches to the active backend (``metabridge.get_backend()``).
+Where frameworks disagree (TensorFlow's asymmetric ``"same"`` padding, tie
+handling in max, variance bias), the meaning written here is what both
+backends compute. Layouts: images NHWC, conv kernels HWIO, dense kernels
+``[in, out]``.
+
+>>> import metabridge as mb
+>>> from metabridge import ops
+>>> x = ops.asarray([[1.0, -2.0]])          # doctest: +SKIP
+>>> ops.to_numpy(ops.relu(x))               # doctest: +SKIP
+array([[1., 0.]], dtype=float32)
+"""
+from __future__ import annotations
+
+import builtins
+from typing import Sequence, Union
+
+import numpy as np
+
+from metabridge import backend as _backend
+
+Padding = Union[str, int, Sequence[Sequence[int]]]
+
+
+def _b():
+    return _backend.current().ops
+
+
+# ---- conversion -----------------------------------------------------------------
+def asarray(x, dtype: str | None = None):
+    """A tensor of the active backend. Floats take ``floatx()`` unless ``dtype``
+    is given, integers become int64. Tensors pass through unchanged."""
+    return _b().asarray(x, dtype)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A numpy copy of ``x`` (detached from any graph)."""
+    return _b().to_numpy(x)
+
+
+def is_tensor(x) -> bool:
+    """Whether ``x`` is a tensor of the active backend."""
+    return _b().is_tensor(x)
+
+
+def cast(x, dtype: str):
+    """``x`` as ``dtype`` (``"float32"``, ``"float64"``, ``"int64"``, ``"int32"``, ``"bool"``)."""
+    return _b().cast(x, dtype)
+
+
+def shape(x) -> tuple[int, ...]:
+    """The static shape of ``x`` as a tuple of ints."""
+    return _b().shape(x)
+
+
+def zeros(shape: Sequence[int], dtype: str | None = None):
+    """A zero tensor (``floatx()`` unless ``dtype`` is given)."""
+    from metabridge.config import floatx
+
+    return _b().zeros(tuple(shape), dtype or floatx())
+
+
+def zeros_like(x):
+    """Zeros with the shape and dtype of ``x``."""
+    return _b().zeros_like(x)
+
+
+def ones_like(x):
+    """Ones with the shape and dtype of ``x``."""
+    return _b().ones_like(x)
+
+
+# ---- elementwise ---------------------------------------------------------------
+def add(a, b):
+    """``a + b`` with broadcasting."""
+    return _b().add(a, b)
+
+
+def subtract(a, b):
+    """``a - b`` with broadcasting."""
+    return _b().subtract(a, b)
+
+
+def multiply(a, b):
+    """``a * b`` with broadcasting."""
+    return _b().multiply(a, b)
+
+
+def divide(a, b):
+    """``a / b`` (true division) with broadcasting."""
+    return _b().divide(a, b)
+
+
+def negative(x):
+    """``-x``."""
+    return _b().negative(x)
+
+
+def power(x, p):
+    """``x ** p`` elementwise."""
+    return _b().power(x, p)
+
+
+def exp(x):
+    """``e ** x``."""
+    return _b().exp(x)
+
+
+def log(x):
+    """Natural logarithm."""
+    return _b().log(x)
+
+
+def log1p(x):
+    """``log(1 + x)``, accurate for small ``x``."""
+    return _b().log1p(x)
+
+
+def sqrt(x):
+    """Square root."""
+    return _b().sqrt(x)
+
+
+def abs(x):  # noqa: A001 - mirrors numpy's name
+    """Absolute value; its gradient at 0 is 0 on both backends."""
+    return _b().abs(x)
+
+
+def square(x):
+    """``x * x``."""
+    return _b().square(x)
+
+
+def maximum(a, b):
+    """Elementwise maximum."""
+    return _b().maximum(a, b)
+
+
+def minimum(a, b):
+    """Elementwise minimum."""
+    return _b().minimum(a, b)
+
+
+def where(cond, a, b):
+    """``a`` where ``cond`` else ``b``."""
+    return _b().where(cond, a, b)
+
+
+def clip(x, lo: float, hi: float):
+    """``x`` limited to ``[lo, hi]``."""
+    return _b().clip(x, lo, hi)
+
+
+def equal(a, b):
+    """Elementwise ``a == b`` (bool)."""
+    return _b().equal(a, b)
+
+
+# ---- activations -------------------------------------------------------------------
+def relu(x):
+    """``max(x, 0)``; gradient 0 at ``x == 0``."""
+    return _b().relu(x)
+
+
+def sigmoid(x):
+    """``1 / (1 + exp(-x))``."""
+    return _b().sigmoid(x)
+
+
+def tanh(x):
+    """Hyperbolic tangent."""
+    return _b().tanh(x)
+
+
+def softmax(x, axis: int = -1):
+    """``exp(x) / sum(exp(x))`` along ``axis``, computed stably."""
+    return _b().softmax(x, axis)
+
+
+def log_softmax(x, axis: int = -1):
+    """``x - logsumexp(x)`` along ``axis``, computed stably."""
+    return _b().log_softmax(x, axis)
+
+
+# ---- reductions ------------------------------------------------------------------
+def sum(x, axis=None, keepdims: bool = False):  # noqa: A001
+    """Sum over ``axis`` (an int, a tuple, or ``None`` for all)."""
+    return _b().sum(x, axis, keepdims)
+
+
+def mean(x, axis=None, keepdims: bool = False):
+    """Arithmetic mean over ``axis``."""
+    return _b().mean(x, axis, keepdims)
+
+
+def max(x, axis=None, keepdims: bool = False):  # noqa: A001
+    """Maximum over ``axis``. The gradient is shared equally among tied maxima
+    (TensorFlow's rule, which torch's ``amax`` also follows)."""
+    return _b().max(x, axis, keepdims)
+
+
+def min(x, axis=None, keepdims: bool = False):  # noqa: A001
+    """Minimum over ``axis``; ties share the gradient equally."""
+    return _b().min(x, axis, keepdims)
+
+
+def var(x, axis=None, keepdims: bool = False):
+    """Biased variance ``mean((x - mean(x))**2)`` (divides by n, not n - 1)."""
+    m = mean(x, axis, keepdims=True)
+    return mean(square(subtract(x, m)), axis, keepdims)
+
+
+def logsumexp(x, axis: int = -1, keepdims: bool = False):
+    """``log(sum(exp(x)))`` along ``axis``, computed stably."""
+    return _b().logsumexp(x, axis, keepdims)
+
+
+def argmax(x, axis: int = -1):
+    """Index of the maximum along ``axis`` (int64; first index among ties)."""
+    return _b().argmax(x, axis)
+
+
+# ---- shapes and indexing ----------------------------------------------------------
+def reshape(x, shape: Sequence[int]):
+    """``x`` with a new shape (one entry may be -1)."""
+    return _b().reshape(x, tuple(int(s) for s in shape))
+
+
+def transpose(x, perm: Sequence[int]):
+    """Permute the axes of ``x``: output axis ``i`` is input axis ``perm[i]``."""
+    return _b().transpose(x, tuple(perm))
+
+
+def concat(xs: Sequence, axis: int = 0):
+    """Join tensors along an existing axis."""
+    return _b().concat(xs, axis)
+
+
+def stack(xs: Sequence, axis: int = 0):
+    """Join tensors along a new axis."""
+    return _b().stack(xs, axis)
+
+
+def gather(x, indices, axis: int = 0):
+    """``numpy.take(x, indices, axis)`` for in-range integer ``indices``."""
+    return _b().gather(x, asarray(indices), axis)
+
+
+def take_along_last(x, indices):
+    """``out[...] = x[..., indices[...]]``: pick one entry of the last axis."""
+    return _b().take_along_last(x, indices)
+
+
+def one_hot(labels, depth: int):
+    """``[..., depth]`` float one-hot rows (``floatx()``) for integer labels."""
+    return _b().one_hot(labels, depth)
+
+
+def pad(x, pads: Sequence[Sequence[int]], value: float = 0.0):
+    """Constant padding; ``pads`` is one ``(before, after)`` pair per axis."""
+    return _b().pad(x, tuple(tuple(p) for p in pads), value)
+
+
+def stop_gradient(x):
+    """``x`` with no gradient flowing back through it."""
+    return _b().stop_gradient(x)
+
+
+def flatten(x):
+    """``[N, ...] -> [N, prod(...)]``."""
+    s = shape(x)
+    return reshape(x, (s[0], int(np.prod(s[1:]))))
+
+
+def matmul(a, b):
+    """Matrix product (batched over leading axes)."""
+    return _b().matmul(a, b)
+
+
+# ---- convolution and pooling ---------------------------------------------------------
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, int) and v > 0:
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) and i > 0 for i in v):
+        return (int(v[0]), int(v[1]))
+    raise ValueError(f"Expected {name} to be a positive int or a pair of them. Received: {name}={v!r}")
+
+
+def resolve_padding(padding: Padding, in_hw: tuple[int, int], kernel_hw: tuple[int, int],
+                    stride: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Explicit ``((top, bottom), (left, right))`` pads for a padding spec.
+
+    ``"valid"``: none. ``"same"``: output size ``ceil(in / stride)``, total pad
+    ``max((out - 1) * stride + k - in, 0)`` split with the smaller half before
+    (TensorFlow's rule, so stride-2 ``"same"`` pads more at the bottom/right).
+    An int pads every side by it; a pair of pairs is taken as is.
+
+    >>> resolve_padding("same", (28, 28), (3, 3), (2, 2))
+    ((0, 1), (0, 1))
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return ((0, 0), (0, 0))
+        if mode == "same":
+            pads = []
+            for n, k, s in zip(in_hw, kernel_hw, stride):
+                out = -(-n // s)
+                total = builtins.max((out - 1) * s + k - n, 0)
+                pads.append((total // 2, total - total // 2))
+            return (pads[0], pads[1])
+    elif isinstance(padding, int) and padding >= 0:
+        return ((padding, padding), (padding, padding))
+    elif (isinstance(padding, (tuple, list)) and len(padding) == 2
+          and all(isinstance(p, (tuple, list)) and len(p) == 2
+                  and all(isinstance(i, int) and i >= 0 for i in p) for p in padding)):
+        return ((int(padding[0][0]), int(padding[0][1])), (int(padding[1][0]), int(padding[1][1])))
+    raise ValueError(
+        "Expected padding to be 'same', 'valid', a non-negative int or "
+        f"((top, bottom), (left, right)). Received: padding={padding!r}"
+    )
+
+
+def conv2d(x, kernel, stride=1, padding: Padding = "same"):
+    """2-D cross-correlation. ``x``: NHWC, ``kernel``: HWIO ``[kh, kw, in, out]``.
+
+    Padding per :func:`resolve_padding` (TensorFlow's ``"same"`` rule on both
+    backends); no bias is added.
+    """
+    xs, ks = shape(x), shape(kernel)
+    if len(xs) != 4 or len(ks) != 4:
+        raise ValueError(f"Expected x NHWC and kernel HWIO (4-D). Received: x.shape={xs}, kernel.shape={ks}")
+    if xs[3] != ks[2]:
+        raise ValueError(
+            f"Expected x channels == kernel in-channels ({ks[2]}). Received: x.shape={xs}"
+        )
+    st = _pair(stride, "stride")
+    pads = resolve_padding(padding, xs[1:3], ks[0:2], st)
+    for n, (lo, hi), k, axis in zip(xs[1:3], pads, ks[0:2], ("height", "width")):
+        if n + lo + hi < k:
+            raise ValueError(
+                f"Expected padded input {axis} >= kernel size {k}. Received: {axis}={n} with pads {(lo, hi)}"
+            )
+    return _b().conv2d(x, kernel, st, pads)
+
+
+def _pool(x, size, stride, padding, reduce_fn, pad_value):
+    xs = shape(x)
+    if len(xs) != 4:
+        raise ValueError(f"Expected x NHWC (4-D). Received: x.shape={xs}")
+    k = _pair(size, "pool_size")
+    st = k if stride is None else _pair(stride, "stride")
+    pads = resolve_padding(padding, xs[1:3], k, st)
+    if any(p != (0, 0) for p in pads):
+        x = pad(x, ((0, 0), pads[0], pads[1], (0, 0)), value=pad_value)
+    n, h, w, c = shape(x)
+    oh, ow = (h - k[0]) // st[0] + 1, (w - k[1]) // st[1] + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"Expected input at least pool_size {k}. Received: x.shape={xs}")
+    if st == k:
+        # Non-overlapping windows: crop, fold each window into its own axes, reduce.
+        x = x[:, : oh * k[0], : ow * k[1], :]
+        return reduce_fn(reshape(x, (n, oh, k[0], ow, k[1], c)), (2, 4))
+    windows = [
+        x[:, i: i + st[0] * (oh - 1) + 1: st[0], j: j + st[1] * (ow - 1) + 1: st[1], :]
+        for i in range(k[0]) for j in range(k[1])
+    ]
+    return reduce_fn(stack(windows, axis=0), 0)
+
+
+def max_pool2d(x, size=2, stride=None, padding: Padding = "valid"):
+    """Max pooling over NHWC windows (``stride`` defaults to ``size``).
+
+    Padded cells are ``-inf``; ``"valid"`` drops incomplete windows at the end.
+    Tied maxima share the gradient equally (see :func:`max`), on both backends.
+    """
+    return _pool(x, size, stride, padding, lambda t, a: max(t, a), float("-inf"))
+
+
+def avg_pool2d(x, size=2, stride=None, padding: Padding = "valid"):
+    """Average pooling over NHWC windows; padded cells count as zeros."""
+    return _pool(x, size, stride, padding, lambda t, a: mean(t, a), 0.0)
+
+
+def batch_norm(x, scale, offset, axes: Sequence[int] = (0, 1, 2), epsilon: float = 1e-5):
+    """Batch normalisation with the batch's own statistics.
+
+    ``(x - mean) / sqrt(var + epsilon) * scale + offset`` with mean and biased
+    variance over ``axes``. Returns ``(y, mean, var)`` so callers may keep
+    running statistics.
+    """
+    m = mean(x, tuple(axes), keepdims=True)
+    centered = subtract(x, m)
+    v = mean(square(centered), tuple(axes), keepdims=True)
+    y = centered / sqrt(v + epsilon) * scale + offset
+    return y, m, v
+
+
+# ---- losses -----------------------------------------------------------------------------
+def cross_entropy(logits, labels, reduction: str = "mean"):
+    """Softmax cross-entropy on integer ``labels``: ``logsumexp(z) - z[label]``.
+
+    ``reduction``: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+    """
+    per = logsumexp(logits, -1) - take_along_last(logits, labels)
+    return _reduce(per, reduction)
+
+
+def mse(pred, target, reduction: str = "mean"):
+    """Mean squared error ``mean((pred - target)**2)`` over all elements."""
+    return _reduce(square(pred - target), reduction)
+
+
+def bce_with_logits(logits, targets, reduction: str = "mean"):
+    """Binary cross-entropy on logits ``z`` with targets ``y`` in [0, 1]:
+    ``max(z, 0) - z*y + log1p(exp(-|z|))`` (stable for any ``z``)."""
+    per = relu(logits) - logits * targets + log1p(exp(-abs(logits)))
+    return _reduce(per, reduction)
+
+
+def accuracy(logits, labels):
+    """Fraction of rows whose argmax equals the label (a float scalar tensor)."""
+    from metabridge.config import floatx
+
+    return mean(cast(equal(argmax(logits, -1), cast(labels, "int64")), floatx()))
+
+
+def _reduce(per, reduction):
+    if reduction == "mean":
+        return mean(per)
+    if reduction == "sum":
+        return sum(per)
+    if reduction == "none":
+        return per
+    raise ValueError(f"Expected reduction in ('mean', 'sum', 'none'). Received: reduction={reduction!r}")
+
+
+# ---- autodiff and compilation -------------------------------------------------------
+def value_and_grad(fn, create_graph: bool = False, has_aux: bool = False):
+    """``fn(params, *args) -> scalar`` into ``g(params, *args) -> (value, grads)``.
+
+    ``grads`` is a dict with the keys of ``params``. Calls nest: an inner call
+    with ``create_graph=True`` inside an outer one gives true second-order
+    gradients; ``create_graph=False`` returns gradients that carry no graph.
+    """
+    return _backend.current().autodiff.value_and_grad(fn, create_graph=create_graph, has_aux=has_aux)
+
+
+def compile_function(fn):
+    """The backend's compiled version of ``fn`` (``tf.function`` on TensorFlow;
+    eager on torch, whose compiler cannot trace double backward)."""
+    return _backend.current().autodiff.compile_function(fn)
+
+
+def sum_over_tasks(task_fn, arrays: tuple, n: int):
+    """``sum(task_fn(*[a[i] for a in arrays]) for i in range(n))`` over pytrees,
+    as a loop the compiled path traces once (a ``tf.while_loop`` on TensorFlow)."""
+    return _backend.current().autodiff.sum_over_tasks(task_fn, tuple(arrays), n)
+

@@ -1,0 +1,49 @@
+"""Shared fixtures: run a test once per installed backend, and in float64."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import metabridge as mb  # noqa: E402
+
+BACKENDS = mb.available_backends()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Each test using it runs on every installed backend (active during the test)."""
+    previous = mb.config._global_backend
+    mb.set_backend(request.param)
+    try:
+        yield request.param
+    finally:
+        mb.config._global_backend = previous
+
+
+@pytest.fixture
+def float64():
+    """Run the test in float64 and restore float32 afterwards."""
+    mb.set_floatx("float64")
+    try:
+        yield "float64"
+    finally:
+        mb.set_floatx("float32")
+
+
+@pytest.fixture
+def both_backends():
+    """For parity tests: skip unless torch and tensorflow are both installed."""
+    if set(BACKENDS) != {"torch", "tensorflow"}:
+        pytest.skip("parity needs both torch and tensorflow installed")
+    return ("torch", "tensorflow")
+
+
+def rel_diff(a, b) -> float:
+    """Largest difference relative to the size of the whole array (DESIGN.md §4)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    scale = max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-300)
+    return float(np.max(np.abs(a - b)) / scale)
