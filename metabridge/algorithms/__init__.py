@@ -1,1 +1,5 @@
-"""Meta-learning algorithms written once with ops."""
+"""Meta-learning algorithms, written once with :mod:`metabridge.ops`."""
+from metabridge.algorithms.maml import MAML
+from metabridge.algorithms.siamese import Siamese
+
+__all__ = ["MAML", "Siamese"]
