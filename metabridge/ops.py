@@ -174,6 +174,13 @@ def tanh(x):
     return _b().tanh(x)
 
 
+def softplus(x):
+    """``log(1 + exp(x))``, stable for any ``x``, with gradient ``sigmoid(x)``
+    everywhere (including ``x == 0``, where a ``relu + log1p(exp(-|x|))``
+    formulation would give 0)."""
+    return logsumexp(stack([zeros_like(x), x], axis=0), axis=0)
+
+
 def softmax(x, axis: int = -1):
     """``exp(x) / sum(exp(x))`` along ``axis``, computed stably."""
     return _b().softmax(x, axis)
@@ -212,8 +219,8 @@ def var(x, axis=None, keepdims: bool = False):
     return mean(square(subtract(x, m)), axis, keepdims)
 
 
-def logsumexp(x, axis: int = -1, keepdims: bool = False):
-    """``log(sum(exp(x)))`` along ``axis``, computed stably."""
+def logsumexp(x, axis=-1, keepdims: bool = False):
+    """``log(sum(exp(x)))`` along ``axis`` (an int, a tuple, or ``None`` for all), computed stably."""
     return _b().logsumexp(x, axis, keepdims)
 
 
@@ -250,12 +257,12 @@ def gather(x, indices, axis: int = 0):
 
 def take_along_last(x, indices):
     """``out[...] = x[..., indices[...]]``: pick one entry of the last axis."""
-    return _b().take_along_last(x, indices)
+    return _b().take_along_last(x, asarray(indices))
 
 
 def one_hot(labels, depth: int):
     """``[..., depth]`` float one-hot rows (``floatx()``) for integer labels."""
-    return _b().one_hot(labels, depth)
+    return _b().one_hot(asarray(labels), depth)
 
 
 def pad(x, pads: Sequence[Sequence[int]], value: float = 0.0):
@@ -415,8 +422,8 @@ def mse(pred, target, reduction: str = "mean"):
 
 def bce_with_logits(logits, targets, reduction: str = "mean"):
     """Binary cross-entropy on logits ``z`` with targets ``y`` in [0, 1]:
-    ``max(z, 0) - z*y + log1p(exp(-|z|))`` (stable for any ``z``)."""
-    per = relu(logits) - logits * targets + log1p(exp(-abs(logits)))
+    ``softplus(z) - z*y`` (stable for any ``z``; gradient ``sigmoid(z) - y``)."""
+    per = softplus(logits) - logits * targets
     return _reduce(per, reduction)
 
 

@@ -29,6 +29,8 @@ def value_and_grad(fn: Callable, create_graph: bool = False, has_aux: bool = Fal
         grads = tape.gradient(
             value, list(inputs.values()), unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
+        # A gather inside fn yields IndexedSlices; callers get dense tensors, as on torch.
+        grads = [tf.convert_to_tensor(g) for g in grads]
         if not create_graph:
             grads = [tf.stop_gradient(g) for g in grads]
         grad_dict = dict(zip(inputs.keys(), grads))

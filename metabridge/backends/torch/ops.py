@@ -132,6 +132,8 @@ def min(x, axis=None, keepdims=False):
 
 
 def logsumexp(x, axis=-1, keepdims=False):
+    if axis is None:
+        axis = tuple(range(x.ndim))
     return torch.logsumexp(x, dim=_dims(axis), keepdim=keepdims)
 
 
@@ -180,6 +182,7 @@ def take_along_last(x, indices):
 
 
 def gather(x, indices, axis=0):
+    axis = axis % x.ndim
     return torch.index_select(x, axis, indices.long().reshape(-1)).reshape(
         tuple(x.shape[:axis]) + tuple(indices.shape) + tuple(x.shape[axis + 1:])
     )
