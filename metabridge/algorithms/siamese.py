@@ -115,6 +115,9 @@ class Siamese(Model):
                 f"Expected x1 and x2 of equal shape [n, ...] and same of shape [n]. "
                 f"Received: x1.shape={s1}, x2.shape={s2}, same.shape={ss}"
             )
+        for name, arr in (("x1", x1), ("x2", x2)):
+            if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise ValueError(f"Expected finite values in {name}. Received: NaN or inf in {name}")
         if isinstance(same, np.ndarray) and not np.all((same == 0) | (same == 1)):
             raise ValueError("Expected same to hold only 0.0 and 1.0. Received: other values in same")
 
