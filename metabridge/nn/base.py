@@ -21,6 +21,17 @@ def glorot_uniform(rng: np.random.Generator, shape: Sequence[int], fan_in: int, 
     return rng.uniform(-limit, limit, size=tuple(shape))
 
 
+def check_image_shape(input_shape, owner: str) -> tuple[int, int, int]:
+    """``input_shape`` as ``(H, W, C)`` positive ints, or a clear error naming ``owner``."""
+    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
+            or not all(isinstance(s, int) and s > 0 for s in input_shape)):
+        raise ValueError(
+            f"Expected input_shape (height, width, channels) of positive ints for {owner}. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    return tuple(input_shape)
+
+
 class Model:
     """Base class: subclasses define ``param_shapes`` and ``_forward``.
 

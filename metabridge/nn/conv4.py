@@ -1,18 +1,10 @@
 """Conv4: the MAML / Prototypical-network backbone."""
 from __future__ import annotations
 
-from metabridge import ops
-from metabridge.nn.base import Model, batch_norm, conv, dense
+import numpy as np
 
-
-def _check_image_shape(input_shape, owner: str) -> tuple[int, int, int]:
-    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
-            or not all(isinstance(s, int) and s > 0 for s in input_shape)):
-        raise ValueError(
-            f"Expected input_shape (height, width, channels) of positive ints for {owner}. "
-            f"Received: input_shape={input_shape!r}"
-        )
-    return tuple(input_shape)
+from metabridge import config, ops
+from metabridge.nn.base import Model, batch_norm, check_image_shape, conv, dense
 
 
 class Conv4(Model):
@@ -30,7 +22,7 @@ class Conv4(Model):
 
     def __init__(self, out_features: int | None = None, input_shape=(28, 28, 1),
                  channels: int = 64, strided: bool = False):
-        self.input_shape = _check_image_shape(input_shape, "Conv4")
+        self.input_shape = check_image_shape(input_shape, "Conv4")
         if out_features is not None and (not isinstance(out_features, int) or out_features < 1):
             raise ValueError(f"Expected out_features >= 1 or None. Received: out_features={out_features!r}")
         if not isinstance(channels, int) or channels < 1:
@@ -60,10 +52,6 @@ class Conv4(Model):
         return shapes
 
     def init_state(self):
-        import numpy as np
-
-        from metabridge import config
-
         dt = config.floatx()
         state = {}
         for i in range(1, 5):

@@ -4,8 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from metabridge import ops
-from metabridge.nn.base import Model, conv, dense
-from metabridge.nn.conv4 import _check_image_shape
+from metabridge.nn.base import Model, check_image_shape, conv, dense
 
 
 def _spatial_after(h: int, w: int, kernel: int, padding: str) -> tuple[int, int]:
@@ -27,7 +26,7 @@ class SmallConvEncoder(Model):
 
     def __init__(self, input_shape=(28, 28, 1), filters: Sequence[int] = (32, 64),
                  embedding: int = 128, padding: str = "same"):
-        self.input_shape = _check_image_shape(input_shape, "SmallConvEncoder")
+        self.input_shape = check_image_shape(input_shape, "SmallConvEncoder")
         if padding not in ("same", "valid"):
             raise ValueError(f"Expected padding 'same' or 'valid'. Received: padding={padding!r}")
         if not filters or not all(isinstance(f, int) and f > 0 for f in filters):
@@ -76,7 +75,7 @@ class KochEncoder(Model):
 
     def __init__(self, input_shape=(105, 105, 1), filters: Sequence[int] = (64, 128, 128, 256),
                  kernels: Sequence[int] = (10, 7, 4, 4), embedding: int = 4096):
-        self.input_shape = _check_image_shape(input_shape, "KochEncoder")
+        self.input_shape = check_image_shape(input_shape, "KochEncoder")
         if len(filters) != len(kernels) or not filters:
             raise ValueError(
                 f"Expected as many kernels as filters. Received: filters={filters!r}, kernels={kernels!r}"
