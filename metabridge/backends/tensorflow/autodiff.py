@@ -40,8 +40,13 @@ def value_and_grad(fn: Callable, create_graph: bool = False, has_aux: bool = Fal
 
 
 def compile_function(fn: Callable) -> Callable:
-    """The compiled path: ``tf.function`` (results match eager mode)."""
-    return tf.function(fn, reduce_retracing=True)
+    """The compiled path: ``tf.function`` (results match eager mode).
+
+    AutoGraph is off: metabridge code has no tensor-dependent Python control
+    flow (the task loop is an explicit ``tf.while_loop``), and AutoGraph's
+    source rewriting only adds tracing time.
+    """
+    return tf.function(fn, reduce_retracing=True, autograph=False)
 
 
 def sum_over_tasks(task_fn: Callable, arrays: tuple, n: int):
