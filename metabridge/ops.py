@@ -178,6 +178,7 @@ def softplus(x):
     """``log(1 + exp(x))``, stable for any ``x``, with gradient ``sigmoid(x)``
     everywhere (including ``x == 0``, where a ``relu + log1p(exp(-|x|))``
     formulation would give 0)."""
+    x = asarray(x)
     return logsumexp(stack([zeros_like(x), x], axis=0), axis=0)
 
 
@@ -411,19 +412,21 @@ def cross_entropy(logits, labels, reduction: str = "mean"):
 
     ``reduction``: ``"mean"`` (default), ``"sum"`` or ``"none"``.
     """
+    logits = asarray(logits)
     per = logsumexp(logits, -1) - take_along_last(logits, labels)
     return _reduce(per, reduction)
 
 
 def mse(pred, target, reduction: str = "mean"):
     """Mean squared error ``mean((pred - target)**2)`` over all elements."""
-    return _reduce(square(pred - target), reduction)
+    return _reduce(square(asarray(pred) - asarray(target)), reduction)
 
 
 def bce_with_logits(logits, targets, reduction: str = "mean"):
     """Binary cross-entropy on logits ``z`` with targets ``y`` in [0, 1]:
     ``softplus(z) - z*y`` (stable for any ``z``; gradient ``sigmoid(z) - y``)."""
-    per = softplus(logits) - logits * targets
+    logits = asarray(logits)
+    per = softplus(logits) - logits * asarray(targets)
     return _reduce(per, reduction)
 
 

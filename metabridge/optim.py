@@ -55,7 +55,7 @@ class SGD:
         _check_same_keys(params, grads)
         new_params, new_state = {}, {"step": state["step"] + 1}
         for k, p in params.items():
-            step = grads[k]
+            p, step = ops.asarray(p), ops.asarray(grads[k])
             if self.momentum:
                 step = state[f"momentum.{k}"] * self.momentum + step
                 new_state[f"momentum.{k}"] = step
@@ -91,7 +91,7 @@ class Adam:
         c1, c2 = 1.0 - self.beta1 ** t, 1.0 - self.beta2 ** t
         new_params, new_state = {}, {"step": t}
         for k, p in params.items():
-            g = grads[k]
+            p, g = ops.asarray(p), ops.asarray(grads[k])
             m = state[f"m.{k}"] * self.beta1 + g * (1.0 - self.beta1)
             v = state[f"v.{k}"] * self.beta2 + ops.square(g) * (1.0 - self.beta2)
             new_state[f"m.{k}"], new_state[f"v.{k}"] = m, v

@@ -37,25 +37,28 @@ def _perturbed_init(model, seed: int, scale: float = 0.1) -> dict:
 
 
 # ---- parity ------------------------------------------------------------------------------------
-def _train(backend: str, distance: str, loss: str, steps: int) -> tuple[np.ndarray, dict]:
+def _train(backend: str, distance: str, loss: str, steps: int) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Adam on digit pairs; returns per-step losses, final params and the first gradient."""
     with mb.use_backend(backend):
         net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1)), distance=distance, loss=loss)
-        pairs = PairSampler(load_digits("train", dtype=mb.floatx()), batch_size=32, seed=0)
+        pairs = PairSampler(load_digits("train", dtype=mb.floatx()), batch_size=16, seed=0)
         params = {k: ops.asarray(v) for k, v in net.init(seed=0).items()}
         opt = optim.Adam(lr=1e-3)
         state = opt.init(params)
-        losses = []
+        losses, first_grad = [], None
         for step in range(steps):
             value, grads = net.value_and_grad(params, *pairs.batch(step))
             params, state = opt.update(params, grads, state)
             losses.append(float(ops.to_numpy(value)))
-        return np.array(losses), {k: np.array(ops.to_numpy(v)) for k, v in params.items()}
+            first_grad = _flat(grads) if first_grad is None else first_grad
+        return np.array(losses), {k: np.array(ops.to_numpy(v)) for k, v in params.items()}, first_grad
 
 
 @pytest.mark.parametrize("distance, loss", COMBOS)
 def test_parity_float64(distance, loss, float64, both_backends):
-    lt, pt = _train("torch", distance, loss, 20)
-    lf, pf = _train("tensorflow", distance, loss, 20)
+    lt, pt, gt = _train("torch", distance, loss, 20)
+    lf, pf, gf = _train("tensorflow", distance, loss, 20)
+    assert rel_diff(gt, gf) < 1e-9
     assert np.all(np.isfinite(lt)) and lt[-1] < lt[0]
     assert np.max(np.abs(lt - lf) / np.abs(lt)) < 1e-9, (lt, lf)
     assert rel_diff(_flat(pt), _flat(pf)) < 1e-9
@@ -64,10 +67,13 @@ def test_parity_float64(distance, loss, float64, both_backends):
 @pytest.mark.parametrize("distance, loss", COMBOS)
 def test_parity_float32(distance, loss, both_backends):
     assert mb.floatx() == "float32"
-    lt, pt = _train("torch", distance, loss, 5)
-    lf, pf = _train("tensorflow", distance, loss, 5)
+    lt, _, gt = _train("torch", distance, loss, 5)
+    lf, _, gf = _train("tensorflow", distance, loss, 5)
     assert np.max(np.abs(lt - lf) / np.abs(lt)) < 1e-5, (lt, lf)
-    assert rel_diff(_flat(pt), _flat(pf)) < 1e-5
+    assert rel_diff(gt, gf) < 1e-5
+    # No float32 comparison of the parameters after Adam: Adam divides by sqrt(v), so a
+    # gradient entry that is pure float32 rounding noise still moves its weight by ~lr,
+    # differently on each framework (float64 compares parameters, above).
 
 
 # ---- losses and gradients against numpy -------------------------------------------------------------
@@ -80,9 +86,9 @@ def _numpy_loss(net: Siamese, params: dict, e1: np.ndarray, e2: np.ndarray, same
     else:
         d = 1.0 - np.sum(e1 * e2, -1) / (np.linalg.norm(e1, axis=-1) * np.linalg.norm(e2, axis=-1))
     if net.loss == "bce":
-        w, b = np.asarray(params["head.kernel"]), np.asarray(params["head.bias"])
+        w, b = np.logaddexp(0.0, np.asarray(params["head.kernel"])), np.asarray(params["head.bias"])
         feats = np.abs(e1 - e2) if net.distance == "l1" else d[:, None]
-        z = (feats @ w + b)[:, 0]
+        z = (b - feats @ w)[:, 0]  # logit b - softplus(v) . d
         return float(np.mean(np.logaddexp(0.0, z) - z * same))  # -y log σ(z) - (1-y) log(1-σ(z))
     return float(0.5 * np.mean(same * d ** 2 + (1 - same) * np.maximum(net.margin - d, 0.0) ** 2))
 
@@ -97,7 +103,7 @@ def test_loss_matches_numpy(backend, float64, distance, loss, margin):
     e1 = ops.to_numpy(net.embed(params, x1))
     e2 = ops.to_numpy(net.embed(params, x2))
     assert e1.shape == (16, 16)
-    got = float(ops.to_numpy(net.pair_loss(params, x1, x2, same)))
+    got = float(ops.to_numpy(net.pair_loss({k: ops.asarray(v) for k, v in params.items()}, x1, x2, same)))
     want = _numpy_loss(net, params, e1, e2, same)
     assert abs(got - want) <= 1e-10 * abs(want), (got, want)
     value, _ = net.value_and_grad(params, x1, x2, same)
@@ -122,7 +128,8 @@ def test_gradient_matches_finite_differences(backend, float64, distance, loss):
     assert np.all(np.isfinite(g)) and np.max(np.abs(g)) > 0
 
     def f(vec):
-        return float(ops.to_numpy(net.pair_loss(_unflat(vec, params), x1, x2, same)))
+        p = {k: ops.asarray(v) for k, v in _unflat(vec, params).items()}
+        return float(ops.to_numpy(net.pair_loss(p, x1, x2, same)))
 
     eps = 1e-6
     for _ in range(2):
@@ -135,6 +142,15 @@ def test_gradient_matches_finite_differences(backend, float64, distance, loss):
         e[i] = eps
         fd = (f(theta + e) - f(theta - e)) / (2 * eps)
         assert abs(fd - g[i]) / np.max(np.abs(g)) < 1e-6, (i, fd, g[i])
+
+
+def test_pair_loss_accepts_numpy_params(backend, float64):
+    net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1), filters=(4,), embedding=8), distance="l1", loss="bce")
+    params = net.init(seed=0)
+    x1, x2, same = PairSampler(load_digits("train", dtype="float64"), batch_size=6, seed=0).batch(0)
+    want = float(ops.to_numpy(net.value_and_grad(params, x1, x2, same)[0]))
+    got = float(ops.to_numpy(net.pair_loss(params, x1, x2, same)))
+    assert abs(got - want) <= 1e-12 * abs(want)
 
 
 # ---- one-shot predictions ----------------------------------------------------------------------------------
@@ -168,9 +184,9 @@ def test_one_shot_predictions_match_numpy_nearest_support(backend, float64, dist
     else:
         d = 1.0 - (eq @ es.T) / np.outer(np.linalg.norm(eq, axis=1), np.linalg.norm(es, axis=1))
     if loss == "bce":
-        w, b = params["head.kernel"], params["head.bias"]
+        w, b = np.logaddexp(0.0, params["head.kernel"]), params["head.bias"]
         feats = np.abs(eq[:, None, :] - es[None, :, :]) if distance == "l1" else d[..., None]
-        scores = (feats @ w + b)[..., 0]
+        scores = (b - feats @ w)[..., 0]
     else:
         scores = -d
     assert pred.shape == (len(ep.query_y),)
@@ -186,12 +202,18 @@ def test_learns_one_shot_on_held_out_digits(backend):
     params = {k: ops.asarray(v) for k, v in net.init(seed=0).items()}
     opt = optim.Adam(lr=1e-3)
     state = opt.init(params)
+    seen = EpisodeSampler(load_digits("train"), ways=5, shots=1, queries=5, seed=1)
+    before = np.mean([net.one_shot_accuracy(params, seen.episode(i)) for i in range(20)])
     for step in range(150):
         _, grads = net.value_and_grad(params, *pairs.batch(step))
         params, state = opt.update(params, grads, state)
-    episodes = EpisodeSampler(load_digits("test"), ways=5, shots=1, queries=5, seed=1)
-    acc = np.mean([net.one_shot_accuracy(params, episodes.episode(i)) for i in range(50)])
-    assert acc >= 0.5, acc  # chance is 0.2; classes 5-9 were never seen in training
+    # It learned: one-shot episodes of the training classes (measured: ~0.70 before, ~0.99 after).
+    after = np.mean([net.one_shot_accuracy(params, seen.episode(i)) for i in range(20)])
+    assert after >= 0.9 and after > before + 0.15, (before, after)
+    # And it transfers: classes 5-9 were never seen in training; chance is 0.2.
+    held_out = EpisodeSampler(load_digits("test"), ways=5, shots=1, queries=5, seed=1)
+    acc = np.mean([net.one_shot_accuracy(params, held_out.episode(i)) for i in range(50)])
+    assert acc >= 0.5, acc
 
 
 # ---- errors ------------------------------------------------------------------------------------------------------
@@ -225,3 +247,8 @@ def test_bad_pairs(backend):
         s = same.copy()
         s[2] = bad
         _expect_value_error(lambda: net.value_and_grad(params, x1, x2, s), "same")
+    for bad in (np.nan, np.inf):
+        x = x2.copy()
+        x[1, 4, 4, 0] = bad
+        _expect_value_error(lambda: net.value_and_grad(params, x1, x, same), "finite", "x2")
+        _expect_value_error(lambda: net.value_and_grad(params, x, x2, same), "finite", "x1")

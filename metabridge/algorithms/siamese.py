@@ -57,7 +57,8 @@ class Siamese(Model):
         if self.loss == "bce":
             width = getattr(self.encoder, "embedding_dim", None) if self.distance == "l1" else 1
             if width is None:
-                raise ValueError("Expected an encoder with an embedding_dim for the weighted L1 head.")
+                raise ValueError("Expected an encoder with an embedding_dim for the weighted L1 head. "
+                                 f"Received: {type(self.encoder).__name__} without one")
             shapes["head.kernel"], shapes["head.bias"] = (width, 1), (1,)
         return shapes
 
@@ -96,6 +97,7 @@ class Siamese(Model):
     def pair_loss(self, params: dict, x1, x2, same):
         """Mean loss over pairs; ``same`` is 1.0 for same-class pairs, 0.0 otherwise."""
         x1, x2, same = ops.asarray(x1), ops.asarray(x2), ops.asarray(same)
+        params = {k: ops.asarray(v) for k, v in params.items()}
         e1, e2 = self.embed(params, x1), self.embed(params, x2)
         if self.loss == "bce":
             return ops.bce_with_logits(self._same_logit(params, e1, e2), same)

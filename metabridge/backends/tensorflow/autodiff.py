@@ -44,9 +44,11 @@ def compile_function(fn: Callable) -> Callable:
 
     AutoGraph is off: metabridge code has no tensor-dependent Python control
     flow (the task loop is an explicit ``tf.while_loop``), and AutoGraph's
-    source rewriting only adds tracing time.
+    source rewriting only adds tracing time. Shapes stay static (no
+    ``reduce_retracing``): a new meta-batch size traces once more, and the task
+    loop keeps a known trip count.
     """
-    return tf.function(fn, reduce_retracing=True, autograph=False)
+    return tf.function(fn, autograph=False)
 
 
 def sum_over_tasks(task_fn: Callable, arrays: tuple, n: int):
