@@ -7,6 +7,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One compute thread per xdist worker: with -n 2 on 2 cores, two workers each
+    # running a 2-thread torch/TF pool oversubscribe the CPU and slow to a crawl.
+    for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(var, "1")
 
 import metabridge as mb  # noqa: E402
 
