@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 from metabridge import backend as _registry
 from metabridge import config
-from metabridge.train.experiment import ALGOS, DATASETS, ExperimentConfig, parity, run_experiment
+from metabridge.train.experiment import ALGOS, DATASETS, ROTATIONS, SPLITS, ExperimentConfig, parity, run_experiment
 
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +34,12 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eager", action="store_true", help="skip the compiled path (tf.function)")
     p.add_argument("--distance", choices=("l1", "l2", "cosine"), default="l1", help="siamese distance")
     p.add_argument("--siamese-loss", choices=("bce", "contrastive"), default="bce")
+    p.add_argument("--data-dir", help="folder of the omniglot / miniimagenet files")
+    p.add_argument("--download", action="store_true", help="fetch Omniglot's archives into --data-dir")
+    p.add_argument("--split", choices=SPLITS, default="vinyals", help="omniglot split (default vinyals)")
+    p.add_argument("--rotations", choices=ROTATIONS,
+                   help="omniglot rotations (default per-task for maml/fomaml, none for siamese)")
+    p.add_argument("--image-size", type=int, help="image side (default 28 omniglot, 84 miniimagenet)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -44,6 +50,8 @@ def _config(args: argparse.Namespace, algo: str) -> ExperimentConfig:
         shots=args.shots, queries=args.queries, test_shots=args.test_shots, test_tasks=args.test_tasks,
         inner_lr=args.inner_lr, inner_steps=args.inner_steps, outer_lr=args.outer_lr, seed=args.seed,
         floatx=args.floatx, compiled=not args.eager, distance=args.distance, siamese_loss=args.siamese_loss,
+        data_dir=args.data_dir, download=args.download, split=args.split, rotations=args.rotations,
+        image_size=args.image_size,
     ).resolved()
 
 
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, ImportError, FloatingPointError) as exc:
+    except (ValueError, ImportError, FloatingPointError, OSError) as exc:
         print(f"metabridge: error: {exc}", file=sys.stderr)
         return 2
 

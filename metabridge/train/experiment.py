@@ -9,20 +9,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from metabridge import config, ops
 from metabridge.algorithms import MAML, Siamese
-from metabridge.data import EpisodeSampler, PairSampler, SinusoidTasks, TaskBatch, load_digits
-from metabridge.nn import MLP, SmallConvEncoder
+from metabridge.data import TaskBatch
+from metabridge.nn import MLP, Conv4, KochEncoder, SmallConvEncoder
 from metabridge.optim import Adam
 from metabridge.train.evaluation import mean_ci95
 from metabridge.train.progress import progress
+from metabridge.train.sources import build_sources
 
 ALGOS = ("maml", "fomaml", "siamese")
-DATASETS = ("sinusoid", "digits")
+DATASETS = ("sinusoid", "digits", "omniglot", "miniimagenet")
+SPLITS = ("lake", "vinyals")
+ROTATIONS = ("classes", "per-task", "none")
 DEFAULT_DATASET = {"maml": "sinusoid", "fomaml": "sinusoid", "siamese": "digits"}
 
 
@@ -48,7 +51,11 @@ class ExperimentConfig:
     compiled: bool = True
     distance: str = "l1"
     siamese_loss: str = "bce"
-    extra: dict = field(default_factory=dict)
+    data_dir: str | None = None
+    download: bool = False
+    split: str = "vinyals"
+    rotations: str | None = None
+    image_size: int | None = None
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with defaults filled in and every value checked."""
@@ -58,11 +65,20 @@ class ExperimentConfig:
         c.dataset = c.dataset or DEFAULT_DATASET[c.algo]
         if c.dataset not in DATASETS:
             raise ValueError(f"Expected dataset in {DATASETS}. Received: dataset={c.dataset!r}")
-        if c.algo == "siamese" and c.dataset != "digits":
-            raise ValueError(f"Expected dataset='digits' for siamese (it needs classes). Received: dataset={c.dataset!r}")
+        if c.algo == "siamese" and c.dataset == "sinusoid":
+            raise ValueError("Expected a classification dataset for siamese (it needs classes). "
+                             f"Received: dataset={c.dataset!r}")
+        if c.split not in SPLITS:
+            raise ValueError(f"Expected split in {SPLITS}. Received: split={c.split!r}")
+        if c.rotations is None:  # MAML rotated per task; Koch's Siamese did not rotate
+            c.rotations = "per-task" if c.dataset == "omniglot" and c.algo != "siamese" else "none"
+        if c.rotations not in ROTATIONS:
+            raise ValueError(f"Expected rotations in {ROTATIONS}. Received: rotations={c.rotations!r}")
+        if c.image_size is not None and (not isinstance(c.image_size, int) or c.image_size < 16):
+            raise ValueError(f"Expected image_size >= 16. Received: image_size={c.image_size!r}")
         sinusoid = c.dataset == "sinusoid"
         if c.steps is None:
-            c.steps = {"sinusoid": 300, "digits": 200}[c.dataset]
+            c.steps = {"sinusoid": 300, "digits": 200}.get(c.dataset, 1000)
         if c.meta_batch is None:
             c.meta_batch = 32 if c.algo == "siamese" else (25 if sinusoid else 8)
         if c.shots is None:
@@ -99,6 +115,7 @@ class RunResult:
     metric_ci95: float
     seconds_per_step: float
     params: dict
+    data: dict | None = None
 
     @property
     def final_loss(self) -> float:
@@ -106,7 +123,7 @@ class RunResult:
 
     def summary(self) -> dict:
         return {"final_loss": self.final_loss, "metric_name": self.metric_name, "metric": self.metric,
-                "metric_ci95": self.metric_ci95, "seconds_per_step": self.seconds_per_step}
+                "metric_ci95": self.metric_ci95, "seconds_per_step": self.seconds_per_step, "data": self.data}
 
 
 def _flat(batch: TaskBatch) -> TaskBatch:
@@ -116,54 +133,58 @@ def _flat(batch: TaskBatch) -> TaskBatch:
     return TaskBatch(f(batch.support_x), batch.support_y, f(batch.query_x), batch.query_y)
 
 
+def siamese_encoder(input_shape: tuple):
+    """The Siamese encoder for an input size: the small Keras-example encoder for
+    small images, Koch et al.'s (at its paper size for 105×105; narrower kernels
+    and a 1024-wide embedding for 28×28) otherwise."""
+    if input_shape[0] < 28:
+        return SmallConvEncoder(input_shape=input_shape)
+    if input_shape[0] >= 105:
+        return KochEncoder(input_shape=input_shape)
+    return KochEncoder(input_shape=input_shape, filters=(64, 128, 128), kernels=(5, 3, 2), embedding=1024)
+
+
 class _Setup:
     """The model, algorithm and samplers a resolved config describes."""
 
     def __init__(self, c: ExperimentConfig):
         self.c = c
-        self.flatten = False
+        self.sources = build_sources(c)
+        shape = self.sources.input_shape
+        self.flatten = c.dataset == "digits" and c.algo != "siamese"
         if c.algo == "siamese":
-            self.algorithm = Siamese(SmallConvEncoder(input_shape=(8, 8, 1)), c.distance, c.siamese_loss)
+            self.algorithm = Siamese(siamese_encoder(shape), c.distance, c.siamese_loss)
             self.model = self.algorithm
-            self.train_pairs = PairSampler(load_digits("train", dtype=c.floatx), c.meta_batch, c.seed)
-            self.test_episodes = EpisodeSampler(load_digits("test", dtype=c.floatx), c.ways, 1, c.queries,
-                                                seed=c.seed + 1)
             return
-        first_order = c.algo == "fomaml"
         if c.dataset == "sinusoid":
-            self.model = MLP([1, 40, 40, 1])
-            loss = "mse"
-            self.train_tasks = SinusoidTasks(c.shots, c.queries, c.seed, dtype=c.floatx)
-            self.test_tasks = SinusoidTasks(c.test_shots, c.queries, c.seed + 1, dtype=c.floatx)
-        else:
-            self.model = MLP([64, 64, 64, c.ways])
+            self.model, loss = MLP([1, 40, 40, 1]), "mse"
+        elif self.flatten:
+            self.model, loss = MLP([64, 64, 64, c.ways]), "cross_entropy"
+        else:  # MAML's own choices: strided Conv4 on Omniglot, 32 filters on miniImageNet
+            strided = c.dataset == "omniglot"
+            channels = 64 if strided else 32
+            self.model = Conv4(c.ways, input_shape=shape, channels=channels, strided=strided)
             loss = "cross_entropy"
-            self.flatten = True
-            self.train_tasks = EpisodeSampler(load_digits("train", dtype=c.floatx), c.ways, c.shots,
-                                              c.queries, c.seed)
-            self.test_tasks = EpisodeSampler(load_digits("test", dtype=c.floatx), c.ways, c.test_shots,
-                                             c.queries, c.seed + 1)
-        self.algorithm = MAML(self.model, c.inner_lr, c.inner_steps, first_order=first_order, loss=loss,
+        self.algorithm = MAML(self.model, c.inner_lr, c.inner_steps, first_order=c.algo == "fomaml", loss=loss,
                               compiled=c.compiled)
 
     def train_step_loss_and_grad(self, params, step):
         c = self.c
         if c.algo == "siamese":
-            return self.algorithm.value_and_grad(params, *self.train_pairs.batch(step))
-        batch = self.train_tasks.batch(step, c.meta_batch)
+            return self.algorithm.value_and_grad(params, *self.sources.train_pairs.batch(step))
+        batch = self.sources.train.batch(step, c.meta_batch)
         return self.algorithm.meta_value_and_grad(params, _flat(batch) if self.flatten else batch)
 
     def evaluate(self, params) -> tuple[str, np.ndarray]:
-        c = self.c
+        c, test = self.c, self.sources.test
         if c.algo == "siamese":
-            accs = [self.algorithm.one_shot_accuracy(params, self.test_episodes.episode(i))
-                    for i in range(c.test_tasks)]
+            accs = [self.algorithm.one_shot_accuracy(params, test.episode(i)) for i in range(c.test_tasks)]
             return "accuracy", np.asarray(accs)
         values, name = [], None
         chunk = 50
         for start in range(0, c.test_tasks, chunk):
             n = min(chunk, c.test_tasks - start)
-            batch = TaskBatch.stack([self.test_tasks.episode(start + j) for j in range(n)])
+            batch = TaskBatch.stack([test.episode(start + j) for j in range(n)])
             out = self.algorithm.evaluate(params, _flat(batch) if self.flatten else batch, steps=c.inner_steps)
             name = "accuracy" if "accuracy" in out else "mse"
             values.append(out[name][:, -1])
@@ -202,7 +223,7 @@ def run_experiment(cfg: ExperimentConfig, backend: str, quiet: bool = False) -> 
             metric_name, values = setup.evaluate(params)
             mean, ci = mean_ci95(values)
             numpy_params = {k: ops.to_numpy(v) for k, v in params.items()}
-            return RunResult(name, losses, metric_name, mean, ci, seconds, numpy_params)
+            return RunResult(name, losses, metric_name, mean, ci, seconds, numpy_params, setup.sources.describe)
     finally:
         config.set_floatx(previous_floatx)
 
