@@ -78,3 +78,43 @@ def test_mean_ci95_matches_the_normal_formula():
     assert ci == pytest.approx(1.96 * values.std(ddof=1) / np.sqrt(600))
     with pytest.raises(ValueError, match="Expected at least one value"):
         mean_ci95([])
+
+
+@pytest.fixture
+def omniglot_root(tmp_path):
+    """A tiny Omniglot in the official zipped layout (see test_omniglot.py)."""
+    from test_omniglot import BACKGROUND, DRAWERS, EVALUATION, _drawing, _write_zip
+
+    char_id = 0
+    for subset, alphabets in (("background", BACKGROUND), ("evaluation", EVALUATION)):
+        files = []
+        for alphabet, n_chars in alphabets:
+            for nn in range(1, n_chars + 1):
+                char_id += 1
+                files += [(f"images_{subset}/{alphabet}/character{nn:02d}/{char_id:04d}_{dd:02d}.png",
+                           _drawing(char_id, dd)) for dd in range(1, DRAWERS + 1)]
+        _write_zip(tmp_path / f"images_{subset}.zip", files)
+    return tmp_path
+
+
+@pytest.mark.parametrize("algo, extra", [
+    ("maml", ["--split", "lake", "--rotations", "per-task", "--ways", "3", "--meta-batch", "2"]),
+    ("siamese", ["--ways", "2", "--meta-batch", "4"]),
+])
+def test_compare_on_omniglot_records_the_protocol(both_backends, omniglot_root, algo, extra, capsys):
+    code = main(["compare", "--algo", algo, "--dataset", "omniglot", "--data-dir", str(omniglot_root),
+                 "--steps", "2", "--test-tasks", "4", "--quiet", "--json", *extra])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    data = report["results"]["torch"]["data"]
+    if algo == "maml":
+        assert data["train"]["split"] == "lake" and data["train"]["rotations"] == "per-task"
+        assert data["test"]["part"] == "test"
+    else:
+        assert data["split"] == "lake" and "within-alphabet" in data["test"]
+    assert report["parity"]["max_rel_loss_diff"] < 1e-5
+
+
+def test_omniglot_without_data_dir_is_a_clear_error(capsys):
+    assert main(["train", "--algo", "maml", "--dataset", "omniglot", "--steps", "1"]) == 2
+    assert "Expected --data-dir" in capsys.readouterr().err
