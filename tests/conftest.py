@@ -52,3 +52,28 @@ def rel_diff(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     scale = max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-300)
     return float(np.max(np.abs(a - b)) / scale)
+
+
+def flat(d: dict) -> np.ndarray:
+    """All values of a params/grads dict as one float vector (dict order)."""
+    from metabridge import ops
+
+    return np.concatenate([np.ravel(ops.to_numpy(v)) for v in d.values()])
+
+
+def unflat(vec: np.ndarray, like: dict) -> dict:
+    """Inverse of :func:`flat` for the shapes of ``like``."""
+    out, i = {}, 0
+    for k, v in like.items():
+        n = int(np.prod(np.shape(v)))
+        out[k] = vec[i:i + n].reshape(np.shape(v))
+        i += n
+    return out
+
+
+def perturbed_init(model, seed: int, scale: float = 0.1) -> dict:
+    """``model.init`` plus noise, so biases and batch-norm parameters are not at
+    special values (zero biases put ReLU units exactly on their kink, which
+    finite differences straddle)."""
+    rng = np.random.default_rng(seed + 1000)
+    return {k: (v + scale * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in model.init(seed).items()}

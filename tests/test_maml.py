@@ -11,7 +11,7 @@ from metabridge.algorithms import MAML
 from metabridge.data import EpisodeSampler, SinusoidTasks, TaskBatch, load_digits
 from metabridge.nn import MLP, Conv4
 
-from conftest import rel_diff
+from conftest import flat, perturbed_init, rel_diff, unflat
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -19,25 +19,10 @@ def _numpy(d: dict) -> dict:
     return {k: np.array(ops.to_numpy(v)) for k, v in d.items()}
 
 
-def _flat(d: dict) -> np.ndarray:
-    return np.concatenate([np.ravel(ops.to_numpy(v)) for v in d.values()])
 
 
-def _unflat(vec: np.ndarray, like: dict) -> dict:
-    out, i = {}, 0
-    for k, v in like.items():
-        n = int(np.prod(np.shape(v)))
-        out[k] = vec[i:i + n].reshape(np.shape(v))
-        i += n
-    return out
 
 
-def _perturbed_init(model, seed: int, scale: float = 0.1) -> dict:
-    """model.init plus noise, so biases and batch-norm parameters are not at
-    special values (zero biases put ReLU units exactly on their kink)."""
-    rng = np.random.default_rng(seed + 1000)
-    return {k: (v + scale * rng.standard_normal(v.shape)).astype(v.dtype)
-            for k, v in model.init(seed).items()}
 
 
 def _random_classification_batch(tasks, ways, shots, queries, shape, seed) -> TaskBatch:
@@ -76,7 +61,7 @@ def _sinusoid_training(backend: str, steps: int) -> tuple[np.ndarray, dict, np.n
             loss, grads = maml.meta_value_and_grad(params, tasks.batch(step, meta_batch=5))
             params, state = opt.update(params, grads, state)
             losses.append(float(ops.to_numpy(loss)))
-            first_grad = _flat(grads) if first_grad is None else first_grad
+            first_grad = flat(grads) if first_grad is None else first_grad
         return np.array(losses), _numpy(params), first_grad
 
 
@@ -86,7 +71,7 @@ def test_parity_sinusoid_float64(float64, both_backends):
     assert np.all(np.isfinite(lt)) and lt[-1] < lt[0]  # it trains
     assert np.max(np.abs(lt - lf) / np.abs(lt)) < 1e-9, (lt, lf)
     assert rel_diff(gt, gf) < 1e-9
-    assert rel_diff(_flat(pt), _flat(pf)) < 1e-9
+    assert rel_diff(flat(pt), flat(pf)) < 1e-9
     for k in pt:
         assert pt[k].dtype == pf[k].dtype == np.float64
 
@@ -97,7 +82,7 @@ def test_parity_sinusoid_float32(both_backends):
     lf, pf, gf = _sinusoid_training("tensorflow", 5)
     assert np.max(np.abs(lt - lf) / np.abs(lt)) < 1e-5, (lt, lf)
     assert rel_diff(gt, gf) < 1e-5
-    assert rel_diff(_flat(pt), _flat(pf)) < 1e-5
+    assert rel_diff(flat(pt), flat(pf)) < 1e-5
     assert all(v.dtype == np.float32 for v in pt.values())
 
 
@@ -113,7 +98,7 @@ def test_parity_conv4_second_order_meta_gradient_and_compiled(float64, both_back
                 maml = MAML(model, inner_lr=0.4, inner_steps=1, compiled=compiled)
                 loss, grads = maml.meta_value_and_grad(params, batch)
                 assert list(grads) == list(params)
-                results[backend, compiled] = (float(ops.to_numpy(loss)), _flat(grads))
+                results[backend, compiled] = (float(ops.to_numpy(loss)), flat(grads))
     ref_loss, ref_grad = results["torch", False]
     for key, (loss, grad) in results.items():
         assert abs(loss - ref_loss) <= 1e-12 * abs(ref_loss), key
@@ -121,7 +106,7 @@ def test_parity_conv4_second_order_meta_gradient_and_compiled(float64, both_back
     # ...and it really is second order: first order gives something else.
     with mb.use_backend("torch"):
         fo = MAML(model, inner_lr=0.4, inner_steps=1, first_order=True)
-        assert rel_diff(_flat(fo.meta_value_and_grad(params, batch)[1]), ref_grad) > 1e-3
+        assert rel_diff(flat(fo.meta_value_and_grad(params, batch)[1]), ref_grad) > 1e-3
 
 
 def test_compiled_matches_eager(backend, float64):
@@ -137,7 +122,7 @@ def test_compiled_matches_eager(backend, float64):
             le, ge = eager.meta_value_and_grad(params, batch)
             lc, gc = compiled.meta_value_and_grad(params, batch)
             assert abs(float(ops.to_numpy(le)) - float(ops.to_numpy(lc))) <= 1e-12 * abs(float(ops.to_numpy(le)))
-            assert rel_diff(_flat(ge), _flat(gc)) < 1e-12
+            assert rel_diff(flat(ge), flat(gc)) < 1e-12
 
 
 def test_compiled_handles_a_new_meta_batch_size(backend, float64):
@@ -151,7 +136,7 @@ def test_compiled_handles_a_new_meta_batch_size(backend, float64):
         le, ge = eager.meta_value_and_grad(params, batch)
         lc, gc = compiled.meta_value_and_grad(params, batch)
         assert abs(float(ops.to_numpy(le)) - float(ops.to_numpy(lc))) <= 1e-12 * abs(float(ops.to_numpy(le)))
-        assert rel_diff(_flat(ge), _flat(gc)) < 1e-12
+        assert rel_diff(flat(ge), flat(gc)) < 1e-12
 
 
 def test_meta_training_loop_from_numpy_init(backend):
@@ -170,13 +155,13 @@ def _fd_check(maml, params: dict, batch, seed: int, directions: int = 2, coords:
               eps: float = 1e-5, tol: float = 1e-6) -> np.ndarray:
     """Central differences of the meta-loss along random directions and coordinates
     against the meta-gradient, relative to the size of the whole gradient."""
-    theta = _flat(params)
+    theta = flat(params)
     _, grads = maml.meta_value_and_grad(params, batch)
-    g = _flat(grads)
+    g = flat(grads)
     assert np.all(np.isfinite(g)) and np.max(np.abs(g)) > 0
 
     def f(vec):
-        return float(ops.to_numpy(maml.meta_value_and_grad(_unflat(vec, params), batch)[0]))
+        return float(ops.to_numpy(maml.meta_value_and_grad(unflat(vec, params), batch)[0]))
 
     rng = np.random.default_rng(seed)
     for _ in range(directions):
@@ -197,18 +182,18 @@ def _fd_check(maml, params: dict, batch, seed: int, directions: int = 2, coords:
 @pytest.mark.parametrize("inner_steps", [1, 2])
 def test_meta_gradient_matches_finite_differences_mse(backend, float64, inner_steps):
     model = MLP([1, 16, 16, 1], activation="tanh")  # smooth: every second derivative counts
-    params = _perturbed_init(model, seed=3)
+    params = perturbed_init(model, seed=3)
     batch = SinusoidTasks(shots=5, queries=5, seed=3, dtype="float64").batch(0, meta_batch=2)
     maml = MAML(model, inner_lr=0.1, inner_steps=inner_steps, loss="mse")
     g = _fd_check(maml, params, batch, seed=inner_steps)
     # The check has teeth: the first-order gradient is far outside its tolerance.
     fo = MAML(model, inner_lr=0.1, inner_steps=inner_steps, loss="mse", first_order=True)
-    assert rel_diff(_flat(fo.meta_value_and_grad(params, batch)[1]), g) > 1e-3
+    assert rel_diff(flat(fo.meta_value_and_grad(params, batch)[1]), g) > 1e-3
 
 
 def test_meta_gradient_matches_finite_differences_cross_entropy(backend, float64):
     model = MLP([6, 12, 3], activation="tanh")
-    params = _perturbed_init(model, seed=4)
+    params = perturbed_init(model, seed=4)
     batch = _random_classification_batch(2, 3, 2, 3, (6,), seed=4)
     maml = MAML(model, inner_lr=0.5, inner_steps=2)
     _fd_check(maml, params, batch, seed=4)
@@ -216,7 +201,7 @@ def test_meta_gradient_matches_finite_differences_cross_entropy(backend, float64
 
 def test_meta_gradient_matches_finite_differences_conv4_batch_norm(backend, float64):
     model = Conv4(out_features=3, input_shape=(16, 16, 1), channels=4)
-    params = _perturbed_init(model, seed=5)
+    params = perturbed_init(model, seed=5)
     batch = _random_classification_batch(1, 3, 1, 2, (16, 16, 1), seed=5)
     maml = MAML(model, inner_lr=0.3, inner_steps=1)
     _fd_check(maml, params, batch, seed=5, directions=2, coords=1)
@@ -245,12 +230,12 @@ def test_first_order_is_the_query_gradient_at_the_adapted_params(backend, float6
             p = {k: ops.asarray(ops.to_numpy(p[k]) - lr * ops.to_numpy(g[k])) for k in p}  # detached
         lq, gq = grad_fn(p, batch.query_x[t], ops.asarray(batch.query_y[t]))
         losses.append(float(ops.to_numpy(lq)))
-        grads.append(_flat(gq))
+        grads.append(flat(gq))
     expected = np.mean(grads, axis=0)
     assert abs(float(ops.to_numpy(loss_fo)) - np.mean(losses)) <= 1e-12 * np.mean(losses)
     assert abs(float(ops.to_numpy(loss_so)) - np.mean(losses)) <= 1e-12 * np.mean(losses)
-    assert rel_diff(_flat(g_fo), expected) < 1e-12
-    assert rel_diff(_flat(g_so), expected) > 1e-3  # second order is not first order
+    assert rel_diff(flat(g_fo), expected) < 1e-12
+    assert rel_diff(flat(g_so), expected) > 1e-3  # second order is not first order
 
 
 def _linear_problem(d=3, tasks=3, n_s=6, n_q=5, seed=0):

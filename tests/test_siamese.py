@@ -11,29 +11,15 @@ from metabridge.algorithms import Siamese
 from metabridge.data import EpisodeSampler, PairSampler, load_digits
 from metabridge.nn import MLP, SmallConvEncoder
 
-from conftest import rel_diff
+from conftest import flat, perturbed_init, rel_diff, unflat
 
 COMBOS = [("l1", "bce"), ("l2", "contrastive"), ("cosine", "bce"), ("cosine", "contrastive")]
 
 
-def _flat(d: dict) -> np.ndarray:
-    return np.concatenate([np.ravel(ops.to_numpy(v)) for v in d.values()])
 
 
-def _unflat(vec: np.ndarray, like: dict) -> dict:
-    out, i = {}, 0
-    for k, v in like.items():
-        n = int(np.prod(np.shape(v)))
-        out[k] = vec[i:i + n].reshape(np.shape(v))
-        i += n
-    return out
 
 
-def _perturbed_init(model, seed: int, scale: float = 0.1) -> dict:
-    """init plus noise: non-zero biases keep ReLUs off their kink for finite differences."""
-    rng = np.random.default_rng(seed + 1000)
-    return {k: (v + scale * rng.standard_normal(v.shape)).astype(v.dtype)
-            for k, v in model.init(seed).items()}
 
 
 # ---- parity ------------------------------------------------------------------------------------
@@ -50,7 +36,7 @@ def _train(backend: str, distance: str, loss: str, steps: int) -> tuple[np.ndarr
             value, grads = net.value_and_grad(params, *pairs.batch(step))
             params, state = opt.update(params, grads, state)
             losses.append(float(ops.to_numpy(value)))
-            first_grad = _flat(grads) if first_grad is None else first_grad
+            first_grad = flat(grads) if first_grad is None else first_grad
         return np.array(losses), {k: np.array(ops.to_numpy(v)) for k, v in params.items()}, first_grad
 
 
@@ -61,7 +47,7 @@ def test_parity_float64(distance, loss, float64, both_backends):
     assert rel_diff(gt, gf) < 1e-9
     assert np.all(np.isfinite(lt)) and lt[-1] < lt[0]
     assert np.max(np.abs(lt - lf) / np.abs(lt)) < 1e-9, (lt, lf)
-    assert rel_diff(_flat(pt), _flat(pf)) < 1e-9
+    assert rel_diff(flat(pt), flat(pf)) < 1e-9
 
 
 @pytest.mark.parametrize("distance, loss", COMBOS)
@@ -98,7 +84,7 @@ def _numpy_loss(net: Siamese, params: dict, e1: np.ndarray, e2: np.ndarray, same
 def test_loss_matches_numpy(backend, float64, distance, loss, margin):
     net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1), filters=(4, 8), embedding=16),
                   distance=distance, loss=loss, margin=margin)
-    params = _perturbed_init(net, seed=1)
+    params = perturbed_init(net, seed=1)
     x1, x2, same = PairSampler(load_digits("train", dtype="float64"), batch_size=16, seed=1).batch(0)
     e1 = ops.to_numpy(net.embed(params, x1))
     e2 = ops.to_numpy(net.embed(params, x2))
@@ -118,17 +104,17 @@ def test_loss_matches_numpy(backend, float64, distance, loss, margin):
 def test_gradient_matches_finite_differences(backend, float64, distance, loss):
     net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1), filters=(4,), embedding=8),
                   distance=distance, loss=loss, margin=2.0)
-    params = _perturbed_init(net, seed=2)
+    params = perturbed_init(net, seed=2)
     rng = np.random.default_rng(2)
     x1, x2 = rng.uniform(size=(6, 8, 8, 1)), rng.uniform(size=(6, 8, 8, 1))  # no ties in max-pool
     same = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
     _, grads = net.value_and_grad(params, x1, x2, same)
     assert list(grads) == list(params)
-    g, theta = _flat(grads), _flat(params)
+    g, theta = flat(grads), flat(params)
     assert np.all(np.isfinite(g)) and np.max(np.abs(g)) > 0
 
     def f(vec):
-        p = {k: ops.asarray(v) for k, v in _unflat(vec, params).items()}
+        p = {k: ops.asarray(v) for k, v in unflat(vec, params).items()}
         return float(ops.to_numpy(net.pair_loss(p, x1, x2, same)))
 
     eps = 1e-6
@@ -171,7 +157,7 @@ def test_one_shot_predictions_with_known_embeddings(backend, float64, distance):
 def test_one_shot_predictions_match_numpy_nearest_support(backend, float64, distance, loss):
     net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1), filters=(4, 8), embedding=16),
                   distance=distance, loss=loss)
-    params = _perturbed_init(net, seed=3)
+    params = perturbed_init(net, seed=3)
     ep = EpisodeSampler(load_digits("test", dtype="float64"), ways=4, shots=2, queries=5, seed=3).episode(0)
     perm = np.random.default_rng(3).permutation(len(ep.support_y))  # supports not grouped by class
     sx, sy = ep.support_x[perm], ep.support_y[perm]

@@ -6,6 +6,8 @@ each op. NHWC images and HWIO kernels are TensorFlow's native layouts.
 """
 from __future__ import annotations
 
+import builtins
+
 import numpy as np
 import tensorflow as tf
 
@@ -134,11 +136,20 @@ def argmax(x, axis=-1):
 matmul = tf.matmul
 
 
+def _tf_same_pads(n: int, k: int, s: int) -> tuple[int, int]:
+    total = builtins.max((-(-n // s) - 1) * s + k - n, 0)
+    return (total // 2, total - total // 2)
+
+
 def conv2d(x, kernel, stride: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]]):
     (top, bottom), (left, right) = pads
-    padding = [[0, 0], [top, bottom], [left, right], [0, 0]]
     if top == bottom == left == right == 0:
         padding = "VALID"
+    elif pads == (_tf_same_pads(x.shape[1], kernel.shape[0], stride[0]),
+                  _tf_same_pads(x.shape[2], kernel.shape[1], stride[1])):
+        padding = "SAME"  # same pads, but TF's fast path (explicit lists are slower)
+    else:
+        padding = [[0, 0], [top, bottom], [left, right], [0, 0]]
     return tf.nn.conv2d(x, kernel, strides=[1, stride[0], stride[1], 1], padding=padding)
 
 
