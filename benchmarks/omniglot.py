@@ -3,12 +3,12 @@
     python benchmarks/omniglot.py run --algo maml --backend torch --steps 800
     python benchmarks/omniglot.py run --algo fomaml --backend tf --steps 800
     python benchmarks/omniglot.py run --algo siamese --backend torch --steps 2000 --ways 20
-    python benchmarks/omniglot.py table          # rewrite BENCHMARKS.md from benchmarks/results/
+    python benchmarks/omniglot.py table          # rewrite BENCHMARKS.md's Omniglot table from benchmarks/results/
 
 Each run writes one JSON file to benchmarks/results/ (atomically), holding the
 config, the data protocol (split, rotations), wall time, the machine and the
 accuracy as mean ± 95% CI over the test episodes. ``table`` renders every
-result file into BENCHMARKS.md beside the published number.
+result file into the marked section of BENCHMARKS.md, beside the published number.
 """
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ PUBLISHED = {
     ("fomaml", 20, 1): "89.4 ± 0.5 (Finn et al. 2017, Table 1)",
     ("siamese", 20, 1): "92.0 (Koch et al. 2015, Lake's 20 runs, 105×105, far larger net)",
 }
+
+
+BEGIN, END = "<!-- omniglot-results:begin -->", "<!-- omniglot-results:end -->"
 
 
 def _machine() -> str:
@@ -93,29 +96,25 @@ def cmd_table(args) -> int:
             f"| {PUBLISHED.get((c['algo'], c['ways'], c['shots']), '—')} |"
         )
     machines = sorted({json.load(open(p))["machine"] for p in glob.glob(os.path.join(RESULTS, "*.json"))})
-    text = [
-        "# Benchmarks",
-        "",
-        "Every number here comes from a run of a script in `benchmarks/` (command beside each section).",
-        "",
-        "## Omniglot (real data, `../shared/data/omniglot`)",
-        "",
-        "`python benchmarks/omniglot.py run --algo ALGO --backend BACKEND --steps N`, then "
-        "`python benchmarks/omniglot.py table`. Raw results: `benchmarks/results/*.json`. "
-        f"Machine: {'; '.join(machines) or '—'}. Wall time includes data loading, "
-        "the TensorFlow trace and the evaluation.",
+    section = "\n".join([
+        BEGIN,
+        f"Machine: {'; '.join(machines) or '—'}. Wall time includes data loading, the TensorFlow trace "
+        "and the evaluation. Raw results: `benchmarks/results/*.json`.",
         "",
         "| method | backend | split | task | steps | meta-batch | wall time | accuracy % ± 95% CI (episodes) "
         "| published |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
-        "",
-    ]
-    extra = os.path.join(HERE, "BENCHMARKS.extra.md")
-    if os.path.exists(extra):
-        text.append(open(extra).read())
-    _write_atomic(os.path.join(ROOT, "BENCHMARKS.md"), "\n".join(text))
-    print(f"wrote BENCHMARKS.md with {len(rows)} Omniglot rows")
+        END,
+    ])
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n" + BEGIN + "\n" + END + "\n"
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"Expected the markers {BEGIN} and {END} in BENCHMARKS.md. Received: a file without them")
+    before, rest = text.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    _write_atomic(path, before + section + after)
+    print(f"wrote {len(rows)} Omniglot rows into BENCHMARKS.md")
     return 0
 
 
