@@ -44,7 +44,7 @@ def test_train_one_backend(backend, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["compare", "--backends", "jax"], "Expected backend to be one of"),
     (["compare", "--algo", "maml", "--steps", "0"], "Expected steps >= 1. Received: steps=0"),
-    (["compare", "--algo", "siamese", "--dataset", "sinusoid"], "Expected dataset='digits'"),
+    (["compare", "--algo", "siamese", "--dataset", "sinusoid"], "Expected a classification dataset for siamese"),
     (["compare", "--algo", "siamese", "--ways", "20", "--steps", "1"],
      "Expected ways <= 5 (classes available in digits[test]). Received: ways=20"),
     (["train", "--algo", "maml", "--inner-lr", "-1"], "Expected inner_lr > 0. Received: inner_lr=-1"),
