@@ -32,7 +32,8 @@ Variants:
 Usage:
   python benchmarks/maml_overhead.py                         # both backends, meta-batch 32
   python benchmarks/maml_overhead.py --backends torch --repeats 7
-  python benchmarks/maml_overhead.py --meta-batch 4 --repeats 2 --warmup 1   # quick smoke run
+  python benchmarks/maml_overhead.py --meta-batch 2 --repeats 2    # quick smoke run (~1 min)
+  python benchmarks/maml_overhead.py --threads 1                   # steadier on a busy machine
   python benchmarks/maml_overhead.py --json > maml.json      # one JSON object on stdout
 
 Exit status 1 when (a) and (b) disagree; timings never fail the script (see
@@ -65,9 +66,15 @@ BN_EPS = 1e-5  # metabridge.nn.base.batch_norm's default
 SEED = 0
 TARGET_RATIO = 1.10
 TARGET_COMPILE_S = 15.0
-# Agreement tolerances (float32, second order, different but equivalent op sequences).
+# Agreement tolerances. The two sides are the same maths in float32 but not the same op
+# sequence, and they differ on purpose at max-pool ties: metabridge shares the gradient equally
+# among tied maxima (ops.max_pool2d's documented rule), F.max_pool2d / tf.nn.max_pool2d give it
+# to one of them. float32 activations do tie now and then (a handful of windows per meta-batch
+# of 32), and each such tie moves a conv kernel's meta-gradient by up to ~1e-2 relative, so the
+# per-parameter bound is loose and the whole-gradient bound is the tighter one.
 LOSS_RTOL = 1e-4
-GRAD_RTOL = 2e-3  # per parameter: max |g_mb - g_native| / max(max |g_native|, GRAD_FLOOR * overall max)
+GRAD_RTOL = 2e-2  # per parameter: max |g_mb - g_native| / max(max |g_native|, GRAD_FLOOR * overall max)
+GRAD_L2_RTOL = 5e-3  # all parameters together: ||g_mb - g_native|| / ||g_native||
 # Conv biases feed straight into batch norm, which cancels them: their true gradient is 0 and
 # both sides return float32 round-off there, so a parameter's scale is floored at a fraction
 # of the largest gradient entry of any parameter.
@@ -266,9 +273,10 @@ def _block(out):
 
 
 def _timed(fn):
-    t0 = time.perf_counter()
+    """``(wall seconds, process CPU seconds, result)`` of one meta-step."""
+    c0, t0 = time.process_time(), time.perf_counter()
     out = _block(fn())
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def compare(mb_out, native_canon):
@@ -286,9 +294,13 @@ def compare(mb_out, native_canon):
         rel = float(np.max(np.abs(grads_mb[k] - g)) / scale)
         if rel >= worst:
             worst_key, worst = k, rel
-    ok = loss_rel <= LOSS_RTOL and worst <= GRAD_RTOL and np.isfinite(loss_mb)
+    diff2 = sum(float(np.sum((grads_mb[k].astype(np.float64) - g) ** 2)) for k, g in grads_nat.items())
+    norm2 = sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads_nat.values())
+    l2 = (diff2 / max(norm2, 1e-300)) ** 0.5
+    ok = loss_rel <= LOSS_RTOL and worst <= GRAD_RTOL and l2 <= GRAD_L2_RTOL and np.isfinite(loss_mb)
     return {"ok": bool(ok), "loss_metabridge": loss_mb, "loss_native": loss_nat,
-            "loss_rel_diff": loss_rel, "grad_max_rel_diff": worst, "grad_worst_param": worst_key}
+            "loss_rel_diff": loss_rel, "grad_max_rel_diff": worst, "grad_worst_param": worst_key,
+            "grad_l2_rel_diff": l2}
 
 
 def bench_variant(name, backend, mb_fn, native_fn, native_canon, repeats, warmup, note=None):
@@ -297,39 +309,52 @@ def bench_variant(name, backend, mb_fn, native_fn, native_canon, repeats, warmup
     if note:
         log(f"   note: {note}")
     # First calls: on the compiled TF path this includes tracing + graph compilation.
-    t_first_mb, out_mb = _timed(mb_fn)
-    t_first_nat, out_nat = _timed(native_fn)
+    t_first_mb, _, out_mb = _timed(mb_fn)
+    t_first_nat, _, out_nat = _timed(native_fn)
     check = compare(out_mb, native_canon(out_nat))
     del out_mb, out_nat
     status = "OK" if check["ok"] else "MISMATCH"
     log(f"   check: {status}  meta-loss metabridge={check['loss_metabridge']:.6f} "
         f"native={check['loss_native']:.6f} (rel diff {check['loss_rel_diff']:.1e}); "
-        f"max grad rel diff {check['grad_max_rel_diff']:.1e} ({check['grad_worst_param']}) "
-        f"[tol loss {LOSS_RTOL:g}, grad {GRAD_RTOL:g}]")
+        f"meta-grad rel diff: max {check['grad_max_rel_diff']:.1e} ({check['grad_worst_param']}), "
+        f"L2 {check['grad_l2_rel_diff']:.1e} [tol loss {LOSS_RTOL:g}, grad max {GRAD_RTOL:g}, "
+        f"L2 {GRAD_L2_RTOL:g}]")
     log(f"   first call (untimed warm-up / check): metabridge {t_first_mb:.2f} s, native {t_first_nat:.2f} s")
-    for _ in range(warmup - 1):
-        _timed(mb_fn)
-        _timed(native_fn)
-    t_mb, t_nat = [], []
+    second = {}
+    for w in range(warmup - 1):
+        for key, fn in (("metabridge", mb_fn), ("native", native_fn)):
+            t = _timed(fn)[0]
+            second.setdefault(key, t)
+    t_mb, t_nat = [], []  # (wall, cpu) per call
     for r in range(repeats):
-        order = ((mb_fn, t_mb), (native_fn, t_nat))
-        for fn, acc in (order if r % 2 == 0 else order[::-1]):
-            acc.append(_timed(fn)[0])
-    med_mb, med_nat = statistics.median(t_mb), statistics.median(t_nat)
+        order = (("metabridge", mb_fn, t_mb), ("native", native_fn, t_nat))
+        for key, fn, acc in (order if r % 2 == 0 else order[::-1]):
+            acc.append(_timed(fn)[:2])
+            second.setdefault(key, acc[-1][0])
+    med_mb, med_nat = statistics.median(t for t, _ in t_mb), statistics.median(t for t, _ in t_nat)
+    cpu_mb, cpu_nat = statistics.median(c for _, c in t_mb), statistics.median(c for _, c in t_nat)
     ratio = med_mb / med_nat
     log(f"   median s/meta-step over {repeats}: metabridge {med_mb:.3f}  native {med_nat:.3f}  "
         f"ratio {ratio:.3f}")
-    log(f"   all metabridge: {' '.join(f'{t:.3f}' for t in t_mb)}")
-    log(f"   all native:     {' '.join(f'{t:.3f}' for t in t_nat)}")
+    log(f"   median CPU s/meta-step (process time, both cores): metabridge {cpu_mb:.3f}  "
+        f"native {cpu_nat:.3f}  ratio {cpu_mb / cpu_nat:.3f}")
+    log(f"   all metabridge: {' '.join(f'{t:.3f}' for t, _ in t_mb)}")
+    log(f"   all native:     {' '.join(f'{t:.3f}' for t, _ in t_nat)}")
     return {"variant": name, "backend": backend, "check": check,
             "first_call_s": {"metabridge": t_first_mb, "native": t_first_nat},
+            "second_call_s": second,
             "median_s": {"metabridge": med_mb, "native": med_nat}, "ratio": ratio,
-            "times_s": {"metabridge": t_mb, "native": t_nat}, "note": note}
+            "median_cpu_s": {"metabridge": cpu_mb, "native": cpu_nat}, "cpu_ratio": cpu_mb / cpu_nat,
+            "times_s": {"metabridge": [t for t, _ in t_mb], "native": [t for t, _ in t_nat]},
+            "cpu_times_s": {"metabridge": [c for _, c in t_mb], "native": [c for _, c in t_nat]},
+            "note": note}
 
 
 def run_torch(params_np, batch, modes, args):
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     mb.set_backend("torch")
     native = TorchNative(params_np, layout=args.torch_layout, mode=args.torch_native)
     params_mb = {k: mb.ops.asarray(v) for k, v in params_np.items()}
@@ -352,6 +377,12 @@ def run_torch(params_np, batch, modes, args):
 def run_tf(params_np, batch, modes, args):
     import tensorflow as tf
 
+    if args.threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        except RuntimeError as exc:  # TF already initialised in this process
+            log(f"   note: could not set TF threads: {exc}")
     mb.set_backend("tensorflow")
     params_mb = {k: mb.ops.asarray(v) for k, v in params_np.items()}
     results = []
@@ -368,13 +399,15 @@ def run_tf(params_np, batch, modes, args):
             lambda: maml.meta_value_and_grad(params_mb, batch), lambda: native.step(batch),
             native.canonical, args.repeats, args.warmup, note)
         if compiled:
-            first, med = res["first_call_s"], res["median_s"]
-            res["compile_s"] = {k: first[k] - med[k] for k in first}  # first call minus a steady step
+            first, second = res["first_call_s"], res["second_call_s"]
+            # Estimate of trace + graph optimisation alone: the first call minus the next one.
+            res["compile_s"] = {k: first[k] - second[k] for k in first}
             log(f"   first call (trace + compile + 1 step): metabridge {first['metabridge']:.2f} s, "
-                f"native {first['native']:.2f} s; minus a steady step: metabridge "
+                f"native {first['native']:.2f} s; minus the second call: metabridge "
                 f"{res['compile_s']['metabridge']:.2f} s, native {res['compile_s']['native']:.2f} s")
         results.append(res)
-    return results, {"tensorflow_version": tf.__version__}
+    return results, {"tensorflow_version": tf.__version__,
+                     "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}
 
 
 def main(argv=None):
@@ -383,7 +416,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backends", default="torch,tf", help="comma-separated: torch, tf (default: both)")
     p.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
-    p.add_argument("--repeats", type=int, default=3, help="timed meta-steps per side (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="timed meta-steps per side (default 5)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed meta-steps per side before timing, >= 1; the first is the "
                         "agreement check (and, compiled TF, the trace) (default 1)")
@@ -395,6 +428,8 @@ def main(argv=None):
                    help="native torch: one backward of sum(task losses)/B, or one backward per task")
     p.add_argument("--tf-parallel-iterations", type=int, default=10,
                    help="parallel_iterations of the native tf.while_loop (default 10, TF's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads for torch and TF (default 0: the frameworks' own defaults)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (text to stderr)")
     args = p.parse_args(argv)
     _JSON_MODE = args.json
@@ -421,27 +456,48 @@ def main(argv=None):
         f"{QUERIES} queries/class, meta-batch {args.meta_batch}, {INNER_STEPS} inner step, lr {INNER_LR}, "
         f"second order; repeats {args.repeats}, warm-up {args.warmup}, interleaved")
     info = {"python": platform.python_version(), "cpus": os.cpu_count(), "numpy": np.__version__}
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1min_at_start"] = os.getloadavg()[0]
+        if info["load_avg_1min_at_start"] > 0.75 * (os.cpu_count() or 1) and not args.threads:
+            log(f"   note: load average {info['load_avg_1min_at_start']:.1f} on {os.cpu_count()} CPUs: other "
+                "processes compete for the cores; multi-threaded torch slows down very unevenly then "
+                "(OpenMP threads wait on each other). Ratios stay comparable thanks to interleaving, "
+                "but --threads 1 and more --repeats give steadier numbers.")
     results = []
     for b in backends:
         res, extra = (run_torch if b == "torch" else run_tf)(params_np, batch, modes, args)
         results += res
         info.update(extra)
-    log(f"   versions: {info}")
+    try:
+        import resource
+
+        info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except (ImportError, AttributeError):  # not on every platform
+        pass
+    log(f"   environment: {info}")
 
     log("\n== summary (median s per meta-step) ==")
-    log(f"{'variant':<16}{'metabridge':>12}{'native':>10}{'ratio':>8}  check")
+    log(f"{'variant':<16}{'metabridge':>12}{'native':>10}{'ratio':>8}{'cpu ratio':>11}  check")
     for r in results:
         log(f"{r['variant']:<16}{r['median_s']['metabridge']:>12.3f}{r['median_s']['native']:>10.3f}"
-            f"{r['ratio']:>8.3f}  {'OK' if r['check']['ok'] else 'MISMATCH'}")
+            f"{r['ratio']:>8.3f}{r['cpu_ratio']:>11.3f}  {'OK' if r['check']['ok'] else 'MISMATCH'}")
     targets = {}
     for r in results:
         if r["variant"].endswith("compiled"):
             targets[f"{r['backend']} compiled ratio <= {TARGET_RATIO}"] = r["ratio"] <= TARGET_RATIO
             if r["backend"] == "tensorflow":
-                targets[f"tf compile (first call) < {TARGET_COMPILE_S:g} s"] = \
+                # Judged on the whole first call (trace + graph optimisation + one step): robust
+                # to noise, and an upper bound on the compile time.
+                targets[f"tf compile (whole first call) < {TARGET_COMPILE_S:g} s"] = \
                     r["first_call_s"]["metabridge"] < TARGET_COMPILE_S
     for k, v in targets.items():
         log(f"target {k}: {'PASS' if v else 'FAIL'}")
+    for r in results:
+        if r["variant"] == "tf compiled":
+            first = r["first_call_s"]
+            log(f"   (tf compiled first call incl. one step: metabridge {first['metabridge']:.2f} s, "
+                f"native {first['native']:.2f} s; minus the second call: metabridge "
+                f"{r['compile_s']['metabridge']:.2f} s, native {r['compile_s']['native']:.2f} s)")
     ok = all(r["check"]["ok"] for r in results)
     if args.json:
         print(json.dumps({"config": {"ways": WAYS, "shots": SHOTS, "queries": QUERIES,

@@ -381,10 +381,23 @@ def _pool(x, size, stride, padding, reduce_fn, pad_value):
 def max_pool2d(x, size=2, stride=None, padding: Padding = "valid"):
     """Max pooling over NHWC windows (``stride`` defaults to ``size``).
 
-    Padded cells are ``-inf``; ``"valid"`` drops incomplete windows at the end.
-    Tied maxima share the gradient equally (see :func:`max`), on both backends.
+    Padding per :func:`resolve_padding`; padded cells are ``-inf``; ``"valid"``
+    drops incomplete windows at the end. Tied maxima: the whole gradient goes
+    to the first maximum of the window in row-major order. That is both
+    frameworks' native rule (checked by the tests), so the native kernels are
+    used: the earlier formulation that split ties equally (like :func:`max`)
+    cost MAML 25-55% of its step time.
     """
-    return _pool(x, size, stride, padding, lambda t, a: max(t, a), float("-inf"))
+    xs = shape(x)
+    if len(xs) != 4:
+        raise ValueError(f"Expected x NHWC (4-D). Received: x.shape={xs}")
+    k = _pair(size, "pool_size")
+    st = k if stride is None else _pair(stride, "stride")
+    pads = resolve_padding(padding, xs[1:3], k, st)
+    for n, (lo, hi), kk in zip(xs[1:3], pads, k):
+        if n + lo + hi < kk:
+            raise ValueError(f"Expected input at least pool_size {k}. Received: x.shape={xs}")
+    return _b().max_pool2d(x, k, st, pads)
 
 
 def avg_pool2d(x, size=2, stride=None, padding: Padding = "valid"):

@@ -132,15 +132,18 @@ def np_pool(x, size, stride, padding, kind):
 
 
 def np_max_pool_tie_grad(x, w, size, stride, padding):
-    """d sum(max_pool(x) * w) / dx with each window's weight split equally among its maxima."""
+    """d sum(max_pool(x) * w) / dx where each window's weight goes to its first
+    maximum in row-major order (the documented tie rule of ops.max_pool2d)."""
     grad_p, offset = None, None
     for i, j, rows, cols, xp, _, offset in _np_pool_windows(x, size, stride, padding, -np.inf):
         if grad_p is None:
             grad_p = np.zeros_like(xp)
         window = xp[:, rows, cols, :]
-        is_max = window == window.max(axis=(1, 2), keepdims=True)
-        share = is_max / is_max.sum(axis=(1, 2), keepdims=True)
-        grad_p[:, rows, cols, :] += share * w[:, i:i + 1, j:j + 1, :]
+        n, kh, kw, c = window.shape
+        first = window.reshape(n, kh * kw, c).argmax(axis=1)  # numpy: first occurrence
+        share = np.zeros((n, kh * kw, c))
+        np.put_along_axis(share, first[:, None, :], 1.0, axis=1)
+        grad_p[:, rows, cols, :] += share.reshape(window.shape) * w[:, i:i + 1, j:j + 1, :]
     t, l = offset
     return grad_p[:, t:t + x.shape[1], l:l + x.shape[2], :]
 

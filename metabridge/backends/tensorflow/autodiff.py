@@ -64,13 +64,17 @@ def sum_over_tasks(task_fn: Callable, arrays: tuple, n: int):
             out = task_fn(*[a[i] for a in arrays])
             total = out if total is None else tf.nest.map_structure(tf.add, total, out)
         return total
-    first = task_fn(*[a[0] for a in arrays])
+    # Trace one task once, as its own function, and loop over that: tracing the
+    # first task outside the loop to learn the accumulator's shapes would trace
+    # (and optimise) the whole second-order task twice.
+    specs = [tf.TensorSpec(a.shape[1:], a.dtype) for a in arrays]
+    one_task = tf.function(task_fn, autograph=False).get_concrete_function(*specs)
+    zeros = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype), one_task.structured_outputs)
 
     def body(i, acc):
-        out = task_fn(*[tf.gather(a, i) for a in arrays])
+        out = one_task(*[tf.gather(a, i) for a in arrays])
         return i + 1, tf.nest.map_structure(tf.add, acc, out)
 
-    _, total = tf.while_loop(
-        lambda i, acc: i < n, body, (tf.constant(1), first), parallel_iterations=1
-    )
+    # Tasks may overlap (parallel_iterations); the accumulation stays in task order.
+    _, total = tf.while_loop(lambda i, acc: i < n, body, (tf.constant(0), zeros), parallel_iterations=10)
     return total

@@ -153,6 +153,18 @@ def conv2d(x, kernel, stride: tuple[int, int], pads: tuple[tuple[int, int], tupl
     return tf.nn.conv2d(x, kernel, strides=[1, stride[0], stride[1], 1], padding=padding)
 
 
+def max_pool2d(x, size: tuple[int, int], stride: tuple[int, int], pads):
+    (top, bottom), (left, right) = pads
+    if top == bottom == left == right == 0:
+        padding = "VALID"
+    elif pads == (_tf_same_pads(x.shape[1], size[0], stride[0]), _tf_same_pads(x.shape[2], size[1], stride[1])):
+        padding = "SAME"  # TF's SAME pooling ignores padded cells, i.e. -inf padding
+    else:
+        x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=float("-inf"))
+        padding = "VALID"
+    return tf.nn.max_pool2d(x, list(size), list(stride), padding)
+
+
 def pad(x, pads, value=0.0):
     return tf.pad(x, [list(p) for p in pads], constant_values=value)
 

@@ -157,6 +157,17 @@ def conv2d(x, kernel, stride: tuple[int, int], pads: tuple[tuple[int, int], tupl
     return y.permute(0, 2, 3, 1)
 
 
+def max_pool2d(x, size: tuple[int, int], stride: tuple[int, int], pads):
+    (top, bottom), (left, right) = pads
+    xc = x.permute(0, 3, 1, 2)
+    if top == bottom and left == right and 2 * top <= size[0] and 2 * left <= size[1]:
+        padding = (top, left)  # torch pads implicitly with -inf
+    else:
+        xc = F.pad(xc, (left, right, top, bottom), value=float("-inf"))
+        padding = (0, 0)
+    return F.max_pool2d(xc, size, stride, padding=padding).permute(0, 2, 3, 1)
+
+
 def pad(x, pads, value=0.0):
     flat = []
     for before, after in reversed(pads):
