@@ -118,3 +118,11 @@ def test_compare_on_omniglot_records_the_protocol(both_backends, omniglot_root, 
 def test_omniglot_without_data_dir_is_a_clear_error(capsys):
     assert main(["train", "--algo", "maml", "--dataset", "omniglot", "--steps", "1"]) == 2
     assert "Expected --data-dir" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_with_the_step_number(backend, capsys):
+    with pytest.raises(FloatingPointError, match=r"Non-finite meta-loss .* at step 0"):
+        run_experiment(ExperimentConfig(steps=5, inner_lr=1e12, test_tasks=5, meta_batch=2), backend, quiet=True)
+    assert main(["train", "--backend", backend, "--steps", "5", "--inner-lr", "1e12", "--meta-batch", "2",
+                 "--test-tasks", "5", "--quiet"]) == 2
+    assert "Non-finite meta-loss" in capsys.readouterr().err
