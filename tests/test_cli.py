@@ -126,3 +126,10 @@ def test_non_finite_loss_stops_with_the_step_number(backend, capsys):
     assert main(["train", "--backend", backend, "--steps", "5", "--inner-lr", "1e12", "--meta-batch", "2",
                  "--test-tasks", "5", "--quiet"]) == 2
     assert "Non-finite meta-loss" in capsys.readouterr().err
+
+
+def test_protonet_from_the_command_line(both_backends, capsys):
+    assert main(["compare", "--algo", "protonet", "--steps", "3", "--test-tasks", "10", "--quiet", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["algo"] == "protonet" and report["results"]["torch"]["metric_name"] == "accuracy"
+    assert report["parity"]["max_rel_loss_diff"] < 1e-5

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metabridge import config, ops
-from metabridge.algorithms import MAML, Siamese
+from metabridge.algorithms import MAML, ProtoNet, Siamese
 from metabridge.data import TaskBatch
 from metabridge.nn import MLP, Conv4, KochEncoder, SmallConvEncoder
 from metabridge.optim import Adam
@@ -22,11 +22,11 @@ from metabridge.train.evaluation import mean_ci95
 from metabridge.train.progress import progress
 from metabridge.train.sources import build_sources
 
-ALGOS = ("maml", "fomaml", "siamese")
+ALGOS = ("maml", "fomaml", "siamese", "protonet")
 DATASETS = ("sinusoid", "digits", "omniglot", "miniimagenet")
 SPLITS = ("lake", "vinyals")
 ROTATIONS = ("classes", "per-task", "none")
-DEFAULT_DATASET = {"maml": "sinusoid", "fomaml": "sinusoid", "siamese": "digits"}
+DEFAULT_DATASET = {"maml": "sinusoid", "fomaml": "sinusoid", "siamese": "digits", "protonet": "digits"}
 
 
 @dataclass
@@ -65,13 +65,14 @@ class ExperimentConfig:
         c.dataset = c.dataset or DEFAULT_DATASET[c.algo]
         if c.dataset not in DATASETS:
             raise ValueError(f"Expected dataset in {DATASETS}. Received: dataset={c.dataset!r}")
-        if c.algo == "siamese" and c.dataset == "sinusoid":
-            raise ValueError("Expected a classification dataset for siamese (it needs classes). "
+        if c.algo in ("siamese", "protonet") and c.dataset == "sinusoid":
+            raise ValueError(f"Expected a classification dataset for {c.algo} (it needs classes). "
                              f"Received: dataset={c.dataset!r}")
         if c.split not in SPLITS:
             raise ValueError(f"Expected split in {SPLITS}. Received: split={c.split!r}")
-        if c.rotations is None:  # MAML rotated per task; Koch's Siamese did not rotate
-            c.rotations = "per-task" if c.dataset == "omniglot" and c.algo != "siamese" else "none"
+        if c.rotations is None:  # MAML rotated per task, ProtoNets made rotations classes, Koch did neither
+            rotations = {"maml": "per-task", "fomaml": "per-task", "protonet": "classes"}
+            c.rotations = rotations.get(c.algo, "none") if c.dataset == "omniglot" else "none"
         if c.rotations not in ROTATIONS:
             raise ValueError(f"Expected rotations in {ROTATIONS}. Received: rotations={c.rotations!r}")
         if c.image_size is not None and (not isinstance(c.image_size, int) or c.image_size < 16):
@@ -156,6 +157,11 @@ class _Setup:
             self.algorithm = Siamese(siamese_encoder(shape), c.distance, c.siamese_loss)
             self.model = self.algorithm
             return
+        if c.algo == "protonet":
+            self.model = (MLP([64, 64, 64]) if self.flatten
+                          else Conv4(None, input_shape=shape, channels=64))
+            self.algorithm = ProtoNet(self.model, compiled=c.compiled)
+            return
         if c.dataset == "sinusoid":
             self.model, loss = MLP([1, 40, 40, 1]), "mse"
         elif self.flatten:
@@ -185,9 +191,11 @@ class _Setup:
         for start in range(0, c.test_tasks, chunk):
             n = min(chunk, c.test_tasks - start)
             batch = TaskBatch.stack([test.episode(start + j) for j in range(n)])
-            out = self.algorithm.evaluate(params, _flat(batch) if self.flatten else batch, steps=c.inner_steps)
+            batch = _flat(batch) if self.flatten else batch
+            out = (self.algorithm.evaluate(params, batch) if c.algo == "protonet"
+                   else self.algorithm.evaluate(params, batch, steps=c.inner_steps))
             name = "accuracy" if "accuracy" in out else "mse"
-            values.append(out[name][:, -1])
+            values.append(out[name] if out[name].ndim == 1 else out[name][:, -1])
         return name, np.concatenate(values)
 
 
