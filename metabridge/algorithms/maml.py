@@ -48,22 +48,39 @@ class MAML:
         """The task loss of ``params`` on ``(x, y)``."""
         return self.loss_fn(self.model(params, x), y)
 
-    def adapt(self, params: dict, support_x, support_y, steps: int | None = None) -> dict:
+    def inner_keys(self, params: dict) -> list[str]:
+        """The parameters the inner loop adapts (all of them for MAML)."""
+        return list(params)
+
+    def inner_update(self, params: dict, grads: dict) -> dict:
+        """One inner step on the adapted parameters: ``p - inner_lr * grad``."""
+        return {k: params[k] - self.inner_lr * g for k, g in grads.items()}
+
+    def adapt(self, params: dict, support_x, support_y, steps: int | None = None,
+              create_graph: bool | None = None) -> dict:
         """Parameters after ``steps`` (default ``inner_steps``) SGD steps on the support set.
 
         Inside an outer :func:`metabridge.ops.value_and_grad` the result stays
         differentiable with respect to ``params`` (second order unless
-        ``first_order``).
+        ``first_order``; ``create_graph=False`` forces first order, as
+        evaluation does).
         """
         steps = self.inner_steps if steps is None else steps
+        create_graph = (not self.first_order) if create_graph is None else create_graph
         params = {k: ops.asarray(v) for k, v in params.items()}
         support_x, support_y = ops.asarray(support_x), ops.asarray(support_y)
-        grad_fn = ops.value_and_grad(self.inner_loss, create_graph=not self.first_order)
+        keys = self.inner_keys(params)
         for _ in range(steps):
-            _, grads = grad_fn(params, support_x, support_y)
-            if self.first_order:
+            frozen = params
+
+            def loss_of_adapted(sub, x, y):
+                return self.inner_loss({**frozen, **sub}, x, y)
+
+            grad_fn = ops.value_and_grad(loss_of_adapted, create_graph=create_graph)
+            _, grads = grad_fn({k: params[k] for k in keys}, support_x, support_y)
+            if not create_graph:
                 grads = {k: ops.stop_gradient(g) for k, g in grads.items()}
-            params = {k: p - self.inner_lr * grads[k] for k, p in params.items()}
+            params = {**params, **self.inner_update(params, grads)}
         return params
 
     def task_loss(self, params: dict, support_x, support_y, query_x, query_y):
@@ -114,7 +131,6 @@ class MAML:
         metric, metric_name = metric_fn(self.loss_name)
         base = {k: ops.asarray(v) for k, v in params.items()}
         sx, sy, qx, qy = batch_tensors(batch)
-        grad_fn = ops.value_and_grad(self.inner_loss)
         losses, metrics = np.zeros((batch.size, steps + 1)), np.zeros((batch.size, steps + 1))
         for t in range(batch.size):
             p = base
@@ -124,8 +140,7 @@ class MAML:
                 if metric is not None:
                     metrics[t, s] = float(ops.to_numpy(metric(pred, qy[t])))
                 if s < steps:
-                    _, g = grad_fn(p, sx[t], sy[t])
-                    p = {k: v - self.inner_lr * g[k] for k, v in p.items()}
+                    p = self.adapt(p, sx[t], sy[t], steps=1, create_graph=False)
         out = {"loss": losses}
         if metric_name:
             out[metric_name] = metrics

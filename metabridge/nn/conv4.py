@@ -59,7 +59,12 @@ class Conv4(Model):
             state[f"bn{i}.running_var"] = np.ones(self.channels, dtype=dt)
         return state
 
-    def _forward(self, params, x, state, training):
+    @property
+    def head_prefix(self) -> str | None:
+        """Name prefix of the head's parameters (``None`` for an embedding model)."""
+        return "head." if self.out_features is not None else None
+
+    def _body(self, params, x, state, training):
         new_state = {}
         for i in range(1, 5):
             x = conv(params, f"conv{i}", x, stride=2 if self.strided else 1, padding="same")
@@ -68,7 +73,18 @@ class Conv4(Model):
             x = ops.relu(x)
             if not self.strided:
                 x = ops.max_pool2d(x, 2)
-        x = ops.mean(x, (1, 2)) if self.strided else ops.flatten(x)
+        return (ops.mean(x, (1, 2)) if self.strided else ops.flatten(x)), new_state
+
+    def features(self, params: dict, x):
+        """Features before the head (batch statistics), ``[n, feature_dim]``."""
+        return self._body(params, x, None, True)[0]
+
+    def head(self, params: dict, features):
+        """The dense head on ``features``."""
+        return dense(params, "head", features)
+
+    def _forward(self, params, x, state, training):
+        x, new_state = self._body(params, x, state, training)
         if self.out_features is not None:
-            x = dense(params, "head", x)
+            x = self.head(params, x)
         return x, new_state

@@ -36,11 +36,21 @@ class MLP(Model):
             shapes[f"dense{i}.bias"] = (b,)
         return shapes
 
-    def _forward(self, params, x, state, training):
+    @property
+    def head_prefix(self) -> str:
+        """Name prefix of the last dense layer, the head (for ANIL)."""
+        return f"dense{len(self.sizes) - 1}."
+
+    def features(self, params: dict, x):
+        """Activations entering the last dense layer."""
         act = _ACTIVATIONS[self.activation]
-        n = len(self.sizes) - 1
-        for i in range(1, n + 1):
-            x = dense(params, f"dense{i}", x)
-            if i < n:
-                x = act(x)
-        return x, {}
+        for i in range(1, len(self.sizes) - 1):
+            x = act(dense(params, f"dense{i}", x))
+        return x
+
+    def head(self, params: dict, features):
+        """The last dense layer on ``features``."""
+        return dense(params, self.head_prefix[:-1], features)
+
+    def _forward(self, params, x, state, training):
+        return self.head(params, self.features(params, x)), {}

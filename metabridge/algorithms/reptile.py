@@ -1,0 +1,106 @@
+"""Reptile (Nichol, Achiam & Schulman 2018).
+
+For each task of a meta-batch, ``inner_steps`` steps of SGD (or of Adam with
+``beta1 = 0``, as in the paper) on the task's support set; then
+``params += epsilon * (mean adapted - params)``, with ``epsilon`` annealed
+linearly from ``outer_stepsize`` to ``final_outer_stepsize`` over
+``total_steps`` meta-steps. No second-order terms, no gradient of the outer step.
+"""
+from __future__ import annotations
+
+import math
+
+from metabridge import ops
+from metabridge.algorithms.common import batch_tensors, check_batch, resolve_loss
+from metabridge.data.episodes import TaskBatch
+from metabridge.nn.base import Model
+from metabridge.optim import SGD, Adam
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"Expected {name} {'>= 0' if allow_zero else '> 0'}. Received: {name}={value!r}")
+    return float(value)
+
+
+class Reptile:
+    """Reptile over any :class:`Model`.
+
+    >>> from metabridge.nn import MLP
+    >>> reptile = Reptile(MLP([1, 40, 40, 1]), inner_lr=0.02, inner_steps=5, loss="mse",
+    ...                   outer_stepsize=0.1, total_steps=1000)
+    >>> params = reptile.meta_step(params, batch, step=0)        # doctest: +SKIP
+    """
+
+    def __init__(self, model: Model, inner_lr: float, inner_steps: int = 5, loss="cross_entropy",
+                 outer_stepsize: float = 0.1, final_outer_stepsize: float | None = None,
+                 total_steps: int = 1, inner_optimizer: str = "sgd"):
+        if not isinstance(model, Model):
+            raise ValueError(f"Expected a metabridge.nn.Model. Received: model={type(model).__name__}")
+        if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
+            raise ValueError(f"Expected inner_steps >= 1. Received: inner_steps={inner_steps!r}")
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"Expected total_steps >= 1. Received: total_steps={total_steps!r}")
+        if inner_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"Expected inner_optimizer 'sgd' or 'adam'. Received: inner_optimizer={inner_optimizer!r}")
+        self.model, self.inner_steps, self.total_steps = model, inner_steps, total_steps
+        self.inner_lr = _positive("inner_lr", inner_lr)
+        self.outer_stepsize = _positive("outer_stepsize", outer_stepsize)
+        final = outer_stepsize if final_outer_stepsize is None else final_outer_stepsize
+        self.final_outer_stepsize = _positive("final_outer_stepsize", final, allow_zero=True)
+        self.inner_optimizer = inner_optimizer
+        self.loss_fn, self.loss_name = resolve_loss(loss)
+
+    def epsilon(self, step: int) -> float:
+        """The outer step size at meta-step ``step`` (linear annealing)."""
+        frac = min(max(step, 0) / self.total_steps, 1.0)
+        return (1 - frac) * self.outer_stepsize + frac * self.final_outer_stepsize
+
+    def inner_loss(self, params: dict, x, y):
+        return self.loss_fn(self.model(params, x), y)
+
+    def adapt(self, params: dict, support_x, support_y, steps: int | None = None) -> dict:
+        """``steps`` optimiser steps on the support set (full batch), gradients stopped."""
+        steps = self.inner_steps if steps is None else steps
+        opt = SGD(self.inner_lr) if self.inner_optimizer == "sgd" else Adam(self.inner_lr, beta1=0.0)
+        params = {k: ops.asarray(v) for k, v in params.items()}
+        state = opt.init(params)
+        grad_fn = ops.value_and_grad(self.inner_loss)
+        for _ in range(steps):
+            _, grads = grad_fn(params, support_x, support_y)
+            params, state = opt.update(params, grads, state)
+        return params
+
+    def meta_step(self, params: dict, batch: TaskBatch, step: int) -> tuple[dict, float]:
+        """``(new params, mean support loss before adaptation)`` after one Reptile step."""
+        check_batch(batch, self.model, self.loss_name)
+        params = {k: ops.asarray(v) for k, v in params.items()}
+        sx, sy, _, _ = batch_tensors(batch)
+        total, loss_sum = None, 0.0
+        for t in range(batch.size):
+            loss_sum += float(ops.to_numpy(self.inner_loss(params, sx[t], sy[t])))
+            adapted = self.adapt(params, sx[t], sy[t])
+            total = adapted if total is None else {k: total[k] + adapted[k] for k in total}
+        eps = self.epsilon(step)
+        new = {k: p + eps * (total[k] / batch.size - p) for k, p in params.items()}
+        return new, loss_sum / batch.size
+
+    def evaluate(self, params: dict, batch: TaskBatch, steps: int | None = None) -> dict:
+        """Query loss and metric after adapting with ``steps`` (default ``inner_steps``)
+        steps, per task (numpy). Non-transductive use passes one query at a time."""
+        import numpy as np
+
+        from metabridge.algorithms.common import metric_fn
+
+        check_batch(batch, self.model, self.loss_name)
+        metric, name = metric_fn(self.loss_name)
+        sx, sy, qx, qy = batch_tensors(batch)
+        losses, metrics = np.zeros(batch.size), np.zeros(batch.size)
+        for t in range(batch.size):
+            p = self.adapt(params, sx[t], sy[t], steps)
+            pred = self.model(p, qx[t])
+            losses[t] = float(ops.to_numpy(self.loss_fn(pred, qy[t])))
+            if metric is not None:
+                metrics[t] = float(ops.to_numpy(metric(pred, qy[t])))
+        return {"loss": losses, **({name: metrics} if name else {})}
