@@ -133,3 +133,11 @@ def test_protonet_from_the_command_line(both_backends, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["config"]["algo"] == "protonet" and report["results"]["torch"]["metric_name"] == "accuracy"
     assert report["parity"]["max_rel_loss_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("algo", ["metasgd", "anil", "reptile"])
+def test_family_from_the_command_line(both_backends, algo, capsys):
+    assert main(["compare", "--algo", algo, "--steps", "3", "--meta-batch", "3", "--test-tasks", "10",
+                 "--quiet", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["algo"] == algo and report["parity"]["max_rel_loss_diff"] < 1e-5

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metabridge import config, ops
-from metabridge.algorithms import MAML, ProtoNet, Siamese
+from metabridge.algorithms import ANIL, MAML, MetaSGD, ProtoNet, Reptile, Siamese
 from metabridge.data import TaskBatch
 from metabridge.nn import MLP, Conv4, KochEncoder, SmallConvEncoder
 from metabridge.optim import Adam
@@ -22,11 +22,12 @@ from metabridge.train.evaluation import mean_ci95
 from metabridge.train.progress import progress
 from metabridge.train.sources import build_sources
 
-ALGOS = ("maml", "fomaml", "siamese", "protonet")
+ALGOS = ("maml", "fomaml", "metasgd", "anil", "reptile", "siamese", "protonet")
 DATASETS = ("sinusoid", "digits", "omniglot", "miniimagenet")
 SPLITS = ("lake", "vinyals")
 ROTATIONS = ("classes", "per-task", "none")
-DEFAULT_DATASET = {"maml": "sinusoid", "fomaml": "sinusoid", "siamese": "digits", "protonet": "digits"}
+DEFAULT_DATASET = {"maml": "sinusoid", "fomaml": "sinusoid", "metasgd": "sinusoid", "anil": "sinusoid",
+                   "reptile": "sinusoid", "siamese": "digits", "protonet": "digits"}
 
 
 @dataclass
@@ -71,7 +72,8 @@ class ExperimentConfig:
         if c.split not in SPLITS:
             raise ValueError(f"Expected split in {SPLITS}. Received: split={c.split!r}")
         if c.rotations is None:  # MAML rotated per task, ProtoNets made rotations classes, Koch did neither
-            rotations = {"maml": "per-task", "fomaml": "per-task", "protonet": "classes"}
+            rotations = {"maml": "per-task", "fomaml": "per-task", "metasgd": "per-task", "anil": "per-task",
+                         "reptile": "classes", "protonet": "classes"}
             c.rotations = rotations.get(c.algo, "none") if c.dataset == "omniglot" else "none"
         if c.rotations not in ROTATIONS:
             raise ValueError(f"Expected rotations in {ROTATIONS}. Received: rotations={c.rotations!r}")
@@ -171,8 +173,19 @@ class _Setup:
             channels = 64 if strided else 32
             self.model = Conv4(c.ways, input_shape=shape, channels=channels, strided=strided)
             loss = "cross_entropy"
-        self.algorithm = MAML(self.model, c.inner_lr, c.inner_steps, first_order=c.algo == "fomaml", loss=loss,
+        if c.algo == "reptile":  # the paper's Omniglot set-up: Adam (beta1 = 0) inner loop, epsilon 1 -> 0
+            self.algorithm = Reptile(self.model, c.inner_lr, c.inner_steps, loss=loss, outer_stepsize=1.0,
+                                     final_outer_stepsize=0.0, total_steps=c.steps, inner_optimizer="adam")
+            return
+        kind = {"metasgd": MetaSGD, "anil": ANIL}.get(c.algo, MAML)
+        self.algorithm = kind(self.model, c.inner_lr, c.inner_steps, first_order=c.algo == "fomaml", loss=loss,
                               compiled=c.compiled)
+
+    def init_params(self, seed: int) -> dict:
+        """Initial meta-parameters (Meta-SGD adds its per-entry rates)."""
+        if isinstance(self.algorithm, MetaSGD):
+            return self.algorithm.init(seed)
+        return self.model.init(seed)
 
     def train_step_loss_and_grad(self, params, step):
         c = self.c
@@ -212,16 +225,19 @@ def run_experiment(cfg: ExperimentConfig, backend: str, quiet: bool = False) -> 
     try:
         with config.use_backend(backend) as name:
             setup = _Setup(c)
-            params = {k: ops.asarray(v) for k, v in setup.model.init(c.seed).items()}
+            params = {k: ops.asarray(v) for k, v in setup.init_params(c.seed).items()}
             opt = Adam(lr=c.outer_lr)
             state = opt.init(params)
             losses = []
             bar = progress(range(c.steps), c.steps, f"{c.algo}/{c.dataset} [{name}]", quiet)
             start = time.perf_counter()
             for step in bar:
-                loss, grads = setup.train_step_loss_and_grad(params, step)
-                params, state = opt.update(params, grads, state)
-                value = float(ops.to_numpy(loss))
+                if c.algo == "reptile":  # its outer update is not a gradient step
+                    params, value = setup.algorithm.meta_step(params, setup.sources.train.batch(step, c.meta_batch), step)
+                else:
+                    loss, grads = setup.train_step_loss_and_grad(params, step)
+                    params, state = opt.update(params, grads, state)
+                    value = float(ops.to_numpy(loss))
                 if not math.isfinite(value):
                     raise FloatingPointError(f"Non-finite meta-loss {value} at step {step}; stopping.")
                 losses.append(value)
