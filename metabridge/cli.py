@@ -34,6 +34,7 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eager", action="store_true", help="skip the compiled path (tf.function)")
     p.add_argument("--distance", choices=("l1", "l2", "cosine"), default="l1", help="siamese distance")
     p.add_argument("--siamese-loss", choices=("bce", "contrastive"), default="bce")
+    p.add_argument("--fce", action="store_true", help="matching networks: full context embeddings")
     p.add_argument("--data-dir", help="folder of the omniglot / miniimagenet files")
     p.add_argument("--download", action="store_true", help="fetch Omniglot's archives into --data-dir")
     p.add_argument("--split", choices=SPLITS, default="vinyals", help="omniglot split (default vinyals)")
@@ -51,7 +52,7 @@ def _config(args: argparse.Namespace, algo: str) -> ExperimentConfig:
         inner_lr=args.inner_lr, inner_steps=args.inner_steps, outer_lr=args.outer_lr, seed=args.seed,
         floatx=args.floatx, compiled=not args.eager, distance=args.distance, siamese_loss=args.siamese_loss,
         data_dir=args.data_dir, download=args.download, split=args.split, rotations=args.rotations,
-        image_size=args.image_size,
+        image_size=args.image_size, fce=args.fce,
     ).resolved()
 
 

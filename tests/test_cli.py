@@ -135,7 +135,7 @@ def test_protonet_from_the_command_line(both_backends, capsys):
     assert report["parity"]["max_rel_loss_diff"] < 1e-5
 
 
-@pytest.mark.parametrize("algo", ["metasgd", "anil", "reptile"])
+@pytest.mark.parametrize("algo", ["metasgd", "anil", "reptile", "matching"])
 def test_family_from_the_command_line(both_backends, algo, capsys):
     assert main(["compare", "--algo", algo, "--steps", "3", "--meta-batch", "3", "--test-tasks", "10",
                  "--quiet", "--json"]) == 0

@@ -1,9 +1,10 @@
 """Meta-learning algorithms, written once with :mod:`metabridge.ops`."""
 from metabridge.algorithms.anil import ANIL
 from metabridge.algorithms.maml import MAML
+from metabridge.algorithms.matching import MatchingNet
 from metabridge.algorithms.meta_sgd import MetaSGD
 from metabridge.algorithms.protonet import ProtoNet
 from metabridge.algorithms.reptile import Reptile
 from metabridge.algorithms.siamese import Siamese
 
-__all__ = ["ANIL", "MAML", "MetaSGD", "ProtoNet", "Reptile", "Siamese"]
+__all__ = ["ANIL", "MAML", "MatchingNet", "MetaSGD", "ProtoNet", "Reptile", "Siamese"]

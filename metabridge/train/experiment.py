@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metabridge import config, ops
-from metabridge.algorithms import ANIL, MAML, MetaSGD, ProtoNet, Reptile, Siamese
+from metabridge.algorithms import ANIL, MAML, MatchingNet, MetaSGD, ProtoNet, Reptile, Siamese
 from metabridge.data import TaskBatch
 from metabridge.nn import MLP, Conv4, KochEncoder, SmallConvEncoder
 from metabridge.optim import Adam
@@ -22,12 +22,12 @@ from metabridge.train.evaluation import mean_ci95
 from metabridge.train.progress import progress
 from metabridge.train.sources import build_sources
 
-ALGOS = ("maml", "fomaml", "metasgd", "anil", "reptile", "siamese", "protonet")
+ALGOS = ("maml", "fomaml", "metasgd", "anil", "reptile", "siamese", "protonet", "matching")
 DATASETS = ("sinusoid", "digits", "omniglot", "miniimagenet")
 SPLITS = ("lake", "vinyals")
 ROTATIONS = ("classes", "per-task", "none")
 DEFAULT_DATASET = {"maml": "sinusoid", "fomaml": "sinusoid", "metasgd": "sinusoid", "anil": "sinusoid",
-                   "reptile": "sinusoid", "siamese": "digits", "protonet": "digits"}
+                   "reptile": "sinusoid", "siamese": "digits", "protonet": "digits", "matching": "digits"}
 
 
 @dataclass
@@ -57,6 +57,7 @@ class ExperimentConfig:
     split: str = "vinyals"
     rotations: str | None = None
     image_size: int | None = None
+    fce: bool = False
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with defaults filled in and every value checked."""
@@ -66,14 +67,14 @@ class ExperimentConfig:
         c.dataset = c.dataset or DEFAULT_DATASET[c.algo]
         if c.dataset not in DATASETS:
             raise ValueError(f"Expected dataset in {DATASETS}. Received: dataset={c.dataset!r}")
-        if c.algo in ("siamese", "protonet") and c.dataset == "sinusoid":
+        if c.algo in ("siamese", "protonet", "matching") and c.dataset == "sinusoid":
             raise ValueError(f"Expected a classification dataset for {c.algo} (it needs classes). "
                              f"Received: dataset={c.dataset!r}")
         if c.split not in SPLITS:
             raise ValueError(f"Expected split in {SPLITS}. Received: split={c.split!r}")
         if c.rotations is None:  # MAML rotated per task, ProtoNets made rotations classes, Koch did neither
             rotations = {"maml": "per-task", "fomaml": "per-task", "metasgd": "per-task", "anil": "per-task",
-                         "reptile": "classes", "protonet": "classes"}
+                         "reptile": "classes", "protonet": "classes", "matching": "classes"}
             c.rotations = rotations.get(c.algo, "none") if c.dataset == "omniglot" else "none"
         if c.rotations not in ROTATIONS:
             raise ValueError(f"Expected rotations in {ROTATIONS}. Received: rotations={c.rotations!r}")
@@ -159,10 +160,11 @@ class _Setup:
             self.algorithm = Siamese(siamese_encoder(shape), c.distance, c.siamese_loss)
             self.model = self.algorithm
             return
-        if c.algo == "protonet":
+        if c.algo in ("protonet", "matching"):
             self.model = (MLP([64, 64, 64]) if self.flatten
                           else Conv4(None, input_shape=shape, channels=64))
-            self.algorithm = ProtoNet(self.model, compiled=c.compiled)
+            self.algorithm = (ProtoNet(self.model, compiled=c.compiled) if c.algo == "protonet"
+                              else MatchingNet(self.model, fce=c.fce, compiled=c.compiled))
             return
         if c.dataset == "sinusoid":
             self.model, loss = MLP([1, 40, 40, 1]), "mse"
@@ -183,7 +185,7 @@ class _Setup:
 
     def init_params(self, seed: int) -> dict:
         """Initial meta-parameters (Meta-SGD adds its per-entry rates)."""
-        if isinstance(self.algorithm, MetaSGD):
+        if isinstance(self.algorithm, (MetaSGD, MatchingNet)):
             return self.algorithm.init(seed)
         return self.model.init(seed)
 
@@ -205,7 +207,7 @@ class _Setup:
             n = min(chunk, c.test_tasks - start)
             batch = TaskBatch.stack([test.episode(start + j) for j in range(n)])
             batch = _flat(batch) if self.flatten else batch
-            out = (self.algorithm.evaluate(params, batch) if c.algo == "protonet"
+            out = (self.algorithm.evaluate(params, batch) if c.algo in ("protonet", "matching")
                    else self.algorithm.evaluate(params, batch, steps=c.inner_steps))
             name = "accuracy" if "accuracy" in out else "mse"
             values.append(out[name] if out[name].ndim == 1 else out[name][:, -1])
