@@ -34,6 +34,12 @@ PUBLISHED = {
     ("maml", 20, 1): "95.8 ± 0.3 (Finn et al. 2017, Table 1)",
     ("fomaml", 20, 1): "89.4 ± 0.5 (Finn et al. 2017, Table 1)",
     ("siamese", 20, 1): "92.0 (Koch et al. 2015, Lake's 20 runs, 105×105, far larger net)",
+    ("protonet", 5, 1): "98.8 (Snell et al. 2017, Table 1, trained 60-way)",
+    ("protonet", 20, 1): "96.0 (Snell et al. 2017, Table 1, trained 60-way)",
+    ("matching", 5, 1): "98.1 (Vinyals et al. 2016, Table 1)",
+    ("matching", 20, 1): "93.8 (Vinyals et al. 2016, Table 1)",
+    ("reptile", 5, 1): "97.68 ± 0.04 transductive (Nichol et al. 2018, Table 1)",
+    ("reptile", 20, 1): "89.43 ± 0.14 transductive (Nichol et al. 2018, Table 1)",
 }
 
 
@@ -122,7 +128,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run")
-    run.add_argument("--algo", choices=("maml", "fomaml", "siamese"), required=True)
+    run.add_argument("--algo", choices=("maml", "fomaml", "metasgd", "anil", "reptile", "siamese", "protonet",
+                                        "matching"), required=True)
     run.add_argument("--backend", default="torch")
     run.add_argument("--steps", type=int, required=True)
     run.add_argument("--meta-batch", type=int, default=32)
