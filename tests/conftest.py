@@ -77,3 +77,17 @@ def perturbed_init(model, seed: int, scale: float = 0.1) -> dict:
     finite differences straddle)."""
     rng = np.random.default_rng(seed + 1000)
     return {k: (v + scale * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in model.init(seed).items()}
+
+
+def expect_value_error(fn, *fragments) -> str:
+    """Call ``fn``; it must raise ValueError in the ``Expected ... Received: ...``
+    form containing every fragment. Returns the message."""
+    import pytest
+
+    with pytest.raises(ValueError) as info:
+        fn()
+    msg = str(info.value)
+    assert "Expected" in msg and "Received" in msg, msg
+    for f in fragments:
+        assert f in msg, msg
+    return msg

@@ -11,7 +11,7 @@ from metabridge.algorithms import MAML
 from metabridge.data import EpisodeSampler, SinusoidTasks, TaskBatch, load_digits
 from metabridge.nn import MLP, Conv4
 
-from conftest import flat, perturbed_init, rel_diff, unflat
+from conftest import expect_value_error, flat, perturbed_init, rel_diff, unflat
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -35,14 +35,6 @@ def _random_classification_batch(tasks, ways, shots, queries, shape, seed) -> Ta
     )
 
 
-def _expect_value_error(fn, *fragments):
-    with pytest.raises(ValueError) as info:
-        fn()
-    msg = str(info.value)
-    assert "Expected" in msg and "Received" in msg, msg
-    for f in fragments:
-        assert f in msg, msg
-    return msg
 
 
 # ---- parity: the same meta-loss curve on both frameworks -----------------------------------------
@@ -376,11 +368,11 @@ def test_evaluate_accuracy_for_classification(backend, float64):
 def test_bad_hyperparameters(backend):
     model = MLP([1, 4, 1])
     for lr in (0, 0.0, -0.1, float("nan"), float("inf")):
-        _expect_value_error(lambda: MAML(model, inner_lr=lr), "inner_lr > 0")
+        expect_value_error(lambda: MAML(model, inner_lr=lr), "inner_lr > 0")
     for steps in (0, -1, 1.5, True):
-        _expect_value_error(lambda: MAML(model, inner_lr=0.1, inner_steps=steps), "inner_steps >= 1")
-    _expect_value_error(lambda: MAML(model, inner_lr=0.1, loss="hinge"), "loss", "'hinge'")
-    _expect_value_error(lambda: MAML(object(), inner_lr=0.1), "Model")
+        expect_value_error(lambda: MAML(model, inner_lr=0.1, inner_steps=steps), "inner_steps >= 1")
+    expect_value_error(lambda: MAML(model, inner_lr=0.1, loss="hinge"), "loss", "'hinge'")
+    expect_value_error(lambda: MAML(object(), inner_lr=0.1), "Model")
 
 
 def test_bad_batches(backend):
@@ -389,29 +381,29 @@ def test_bad_batches(backend):
     params = mlp.init(seed=0)
     good = SinusoidTasks(seed=0).batch(0, 2)
     as_tuple = (good.support_x, good.support_y, good.query_x, good.query_y)
-    _expect_value_error(lambda: maml.meta_value_and_grad(params, as_tuple), "TaskBatch", "tuple")
-    _expect_value_error(lambda: maml.evaluate(params, as_tuple), "TaskBatch")
+    expect_value_error(lambda: maml.meta_value_and_grad(params, as_tuple), "TaskBatch", "tuple")
+    expect_value_error(lambda: maml.evaluate(params, as_tuple), "TaskBatch")
     wide = TaskBatch(np.zeros((2, 5, 2)), np.zeros((2, 5, 1)), np.zeros((2, 5, 2)), np.zeros((2, 5, 1)))
-    _expect_value_error(lambda: maml.meta_value_and_grad(params, wide), "support_x", "(2, 5, 2)")
-    _expect_value_error(lambda: maml.evaluate(params, wide), "support_x")
+    expect_value_error(lambda: maml.meta_value_and_grad(params, wide), "support_x", "(2, 5, 2)")
+    expect_value_error(lambda: maml.evaluate(params, wide), "support_x")
 
     conv = Conv4(out_features=5, input_shape=(28, 28, 1), channels=8)
     cmaml = MAML(conv, inner_lr=0.4)
     cparams = conv.init(seed=0)
     rgb = _random_classification_batch(1, 5, 1, 1, (28, 28, 3), seed=0)
-    _expect_value_error(lambda: cmaml.meta_value_and_grad(cparams, rgb), "28, 28, 3)")
+    expect_value_error(lambda: cmaml.meta_value_and_grad(cparams, rgb), "28, 28, 3)")
     batch = _random_classification_batch(1, 5, 1, 1, (28, 28, 1), seed=0)
     bad_y = batch.support_y.copy()
     bad_y[0, 2] = 7
     high = TaskBatch(batch.support_x, bad_y, batch.query_x, batch.query_y)
-    _expect_value_error(lambda: cmaml.meta_value_and_grad(cparams, high), "0..4", "7")
+    expect_value_error(lambda: cmaml.meta_value_and_grad(cparams, high), "0..4", "7")
     bad_q = batch.query_y.copy()
     bad_q[0, 0] = -1
     negative = TaskBatch(batch.support_x, batch.support_y, batch.query_x, bad_q)
-    _expect_value_error(lambda: cmaml.meta_value_and_grad(cparams, negative), "query_y")
+    expect_value_error(lambda: cmaml.meta_value_and_grad(cparams, negative), "query_y")
     floats = TaskBatch(batch.support_x, batch.support_y.astype(float), batch.query_x, batch.query_y)
-    _expect_value_error(lambda: cmaml.meta_value_and_grad(cparams, floats), "integer")
+    expect_value_error(lambda: cmaml.meta_value_and_grad(cparams, floats), "integer")
 
     sx = batch.support_x.copy()
     sx[0, 0, 3, 3, 0] = np.nan
-    _expect_value_error(lambda: TaskBatch(sx, batch.support_y, batch.query_x, batch.query_y), "finite")
+    expect_value_error(lambda: TaskBatch(sx, batch.support_y, batch.query_x, batch.query_y), "finite")

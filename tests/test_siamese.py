@@ -11,7 +11,7 @@ from metabridge.algorithms import Siamese
 from metabridge.data import EpisodeSampler, PairSampler, load_digits
 from metabridge.nn import MLP, SmallConvEncoder
 
-from conftest import flat, perturbed_init, rel_diff, unflat
+from conftest import expect_value_error, flat, perturbed_init, rel_diff, unflat
 
 COMBOS = [("l1", "bce"), ("l2", "contrastive"), ("cosine", "bce"), ("cosine", "contrastive")]
 
@@ -203,38 +203,31 @@ def test_learns_one_shot_on_held_out_digits(backend):
 
 
 # ---- errors ------------------------------------------------------------------------------------------------------
-def _expect_value_error(fn, *fragments):
-    with pytest.raises(ValueError) as info:
-        fn()
-    msg = str(info.value)
-    assert "Expected" in msg and "Received" in msg, msg
-    for f in fragments:
-        assert f in msg, msg
 
 
 def test_bad_configuration():
     enc = SmallConvEncoder(input_shape=(8, 8, 1), filters=(4,), embedding=8)
-    _expect_value_error(lambda: Siamese(enc, distance="euclidean"), "distance", "'euclidean'")
-    _expect_value_error(lambda: Siamese(enc, loss="triplet"), "loss", "'triplet'")
+    expect_value_error(lambda: Siamese(enc, distance="euclidean"), "distance", "'euclidean'")
+    expect_value_error(lambda: Siamese(enc, loss="triplet"), "loss", "'triplet'")
     for margin in (0, 0.0, -1.0, float("nan"), float("inf")):
-        _expect_value_error(lambda: Siamese(enc, loss="contrastive", margin=margin), "margin > 0")
-    _expect_value_error(lambda: Siamese(object()), "Model")
+        expect_value_error(lambda: Siamese(enc, loss="contrastive", margin=margin), "margin > 0")
+    expect_value_error(lambda: Siamese(object()), "Model")
 
 
 def test_bad_pairs(backend):
     net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1), filters=(4,), embedding=8))
     params = net.init(seed=0)
     x1, x2, same = PairSampler(load_digits("train"), batch_size=6, seed=0).batch(0)
-    _expect_value_error(lambda: net.value_and_grad(params, x1, x2[:5], same), "x2.shape=(5, 8, 8, 1)")
-    _expect_value_error(lambda: net.value_and_grad(params, x1, x2[..., :4, :], same), "x1")
-    _expect_value_error(lambda: net.value_and_grad(params, x1, x2, same[:4]), "same.shape=(4,)")
-    _expect_value_error(lambda: net.value_and_grad(params, x1, x2, same[:, None]), "same")
+    expect_value_error(lambda: net.value_and_grad(params, x1, x2[:5], same), "x2.shape=(5, 8, 8, 1)")
+    expect_value_error(lambda: net.value_and_grad(params, x1, x2[..., :4, :], same), "x1")
+    expect_value_error(lambda: net.value_and_grad(params, x1, x2, same[:4]), "same.shape=(4,)")
+    expect_value_error(lambda: net.value_and_grad(params, x1, x2, same[:, None]), "same")
     for bad in (0.5, 2.0, -1.0, np.nan):
         s = same.copy()
         s[2] = bad
-        _expect_value_error(lambda: net.value_and_grad(params, x1, x2, s), "same")
+        expect_value_error(lambda: net.value_and_grad(params, x1, x2, s), "same")
     for bad in (np.nan, np.inf):
         x = x2.copy()
         x[1, 4, 4, 0] = bad
-        _expect_value_error(lambda: net.value_and_grad(params, x1, x, same), "finite", "x2")
-        _expect_value_error(lambda: net.value_and_grad(params, x, x2, same), "finite", "x1")
+        expect_value_error(lambda: net.value_and_grad(params, x1, x, same), "finite", "x2")
+        expect_value_error(lambda: net.value_and_grad(params, x, x2, same), "finite", "x1")

@@ -8,20 +8,12 @@ linearly from ``outer_stepsize`` to ``final_outer_stepsize`` over
 """
 from __future__ import annotations
 
-import math
-
 from metabridge import ops
 from metabridge.algorithms.common import batch_tensors, check_batch, resolve_loss
 from metabridge.data.episodes import TaskBatch
 from metabridge.nn.base import Model
 from metabridge.optim import SGD, Adam
-
-
-def _positive(name: str, value, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"Expected {name} {'>= 0' if allow_zero else '> 0'}. Received: {name}={value!r}")
-    return float(value)
+from metabridge.optim import _check_positive as _positive
 
 
 class Reptile:
