@@ -58,7 +58,10 @@ def main() -> None:
         print(f"[{mb.get_backend()}] test MSE after {k} inner step(s): {mean:.3f} ± {ci:.3f}")
 
     if args.plot:
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:
+            raise SystemExit("--plot needs matplotlib: pip install 'metabridge[plot]'") from None
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
