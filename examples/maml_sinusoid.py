@@ -20,7 +20,7 @@ from metabridge.data import SinusoidTasks
 from metabridge.nn import MLP
 from metabridge.optim import Adam
 from metabridge.train import mean_ci95
-from metabridge.train.progress import progress
+from metabridge.progress import progress
 
 
 def main() -> None:

@@ -354,28 +354,18 @@ def conv2d(x, kernel, stride=1, padding: Padding = "same"):
     return _b().conv2d(x, kernel, st, pads)
 
 
-def _pool(x, size, stride, padding, reduce_fn, pad_value):
+def _pool_geometry(x, size, stride, padding):
+    """Checked ``(pool size, stride, explicit pads)`` of a pooling call."""
     xs = shape(x)
     if len(xs) != 4:
         raise ValueError(f"Expected x NHWC (4-D). Received: x.shape={xs}")
     k = _pair(size, "pool_size")
     st = k if stride is None else _pair(stride, "stride")
     pads = resolve_padding(padding, xs[1:3], k, st)
-    if any(p != (0, 0) for p in pads):
-        x = pad(x, ((0, 0), pads[0], pads[1], (0, 0)), value=pad_value)
-    n, h, w, c = shape(x)
-    oh, ow = (h - k[0]) // st[0] + 1, (w - k[1]) // st[1] + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"Expected input at least pool_size {k}. Received: x.shape={xs}")
-    if st == k:
-        # Non-overlapping windows: crop, fold each window into its own axes, reduce.
-        x = x[:, : oh * k[0], : ow * k[1], :]
-        return reduce_fn(reshape(x, (n, oh, k[0], ow, k[1], c)), (2, 4))
-    windows = [
-        x[:, i: i + st[0] * (oh - 1) + 1: st[0], j: j + st[1] * (ow - 1) + 1: st[1], :]
-        for i in range(k[0]) for j in range(k[1])
-    ]
-    return reduce_fn(stack(windows, axis=0), 0)
+    for n, (lo, hi), kk in zip(xs[1:3], pads, k):
+        if n + lo + hi < kk:
+            raise ValueError(f"Expected input at least pool_size {k}. Received: x.shape={xs}")
+    return k, st, pads
 
 
 def max_pool2d(x, size=2, stride=None, padding: Padding = "valid"):
@@ -388,21 +378,26 @@ def max_pool2d(x, size=2, stride=None, padding: Padding = "valid"):
     used: the earlier formulation that split ties equally (like :func:`max`)
     cost MAML 25-55% of its step time.
     """
-    xs = shape(x)
-    if len(xs) != 4:
-        raise ValueError(f"Expected x NHWC (4-D). Received: x.shape={xs}")
-    k = _pair(size, "pool_size")
-    st = k if stride is None else _pair(stride, "stride")
-    pads = resolve_padding(padding, xs[1:3], k, st)
-    for n, (lo, hi), kk in zip(xs[1:3], pads, k):
-        if n + lo + hi < kk:
-            raise ValueError(f"Expected input at least pool_size {k}. Received: x.shape={xs}")
+    k, st, pads = _pool_geometry(x, size, stride, padding)
     return _b().max_pool2d(x, k, st, pads)
 
 
 def avg_pool2d(x, size=2, stride=None, padding: Padding = "valid"):
     """Average pooling over NHWC windows; padded cells count as zeros."""
-    return _pool(x, size, stride, padding, lambda t, a: mean(t, a), 0.0)
+    k, st, pads = _pool_geometry(x, size, stride, padding)
+    if any(p != (0, 0) for p in pads):
+        x = pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    n, h, w, c = shape(x)
+    oh, ow = (h - k[0]) // st[0] + 1, (w - k[1]) // st[1] + 1
+    if st == k:
+        # Non-overlapping windows: crop, fold each window into its own axes, average.
+        x = x[:, : oh * k[0], : ow * k[1], :]
+        return mean(reshape(x, (n, oh, k[0], ow, k[1], c)), (2, 4))
+    windows = [
+        x[:, i: i + st[0] * (oh - 1) + 1: st[0], j: j + st[1] * (ow - 1) + 1: st[1], :]
+        for i in range(k[0]) for j in range(k[1])
+    ]
+    return mean(stack(windows, axis=0), 0)
 
 
 def batch_norm(x, scale, offset, axes: Sequence[int] = (0, 1, 2), epsilon: float = 1e-5):

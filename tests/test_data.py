@@ -479,3 +479,18 @@ def test_missing_framework_via_meta_path_finder():
     """)
     assert "pip install 'metabridge[tf]'" in out
     assert "TF False" in out
+
+
+def test_atomic_file_replaces_only_on_success(tmp_path):
+    from metabridge.data.atomic import atomic_file
+
+    target = tmp_path / "cache.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as fh:
+            fh.write(b"half-")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["cache.bin"]
+    with atomic_file(target) as fh:
+        fh.write(b"new")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["cache.bin"]

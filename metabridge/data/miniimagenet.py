@@ -18,12 +18,12 @@ import csv
 import hashlib
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from metabridge.data.atomic import atomic_file
 from metabridge.data.episodes import ArrayDataset
 
 SPLITS = ("train", "val", "test")
@@ -232,17 +232,10 @@ def _load_cache(path: Path, key: str):
 
 
 def _save_cache(path: Path, key: str, images: np.ndarray, labels: list) -> bool:
-    """Write the cache atomically (temporary file, then ``os.replace``); False if it cannot."""
-    tmp = None
+    """Write the cache atomically (see :mod:`metabridge.data.atomic`); False if it cannot."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp",
-                                         delete=False) as f:
-            tmp = f.name
+        with atomic_file(path) as f:
             np.savez(f, key=np.array(key), images=images, labels=np.array(labels, dtype=str))
-        os.replace(tmp, path)
         return True
     except OSError:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         return False

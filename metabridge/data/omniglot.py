@@ -56,7 +56,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -64,7 +63,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from metabridge.data.atomic import atomic_file
 from metabridge.data.episodes import ArrayDataset
+from metabridge.progress import progress
 
 __all__ = ["Omniglot", "DownloadError", "OMNIGLOT_URL", "OMNIGLOT_MD5", "OMNIGLOT_SUBSETS",
            "download_omniglot"]
@@ -198,7 +199,6 @@ class _Source:
 
     def decode_into(self, out: np.ndarray, quiet: bool) -> None:
         """Decode every image into ``out`` ``[n, S, S, 1]`` (reading zips in place)."""
-        from metabridge.train.progress import progress
 
         entries, image_size = self.entries, out.shape[1]
         n = len(entries)
@@ -280,25 +280,14 @@ def _read_cache_images(path: str, out: np.ndarray) -> bool:
 
 
 def _write_cache(directory: str, name: str, key: str, arrays: dict) -> str | None:
-    """Write atomically (temporary file + rename); ``None`` where the folder is not writable."""
+    """Write atomically (see :mod:`metabridge.data.atomic`); ``None`` where the folder is not writable."""
+    target = os.path.join(directory, name)
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + name + ".", suffix=".tmp", dir=directory)
+        with atomic_file(target) as fh:
+            np.savez(fh, key=np.array(key), **arrays)
     except OSError:
         return None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, key=np.array(key), **arrays)
-        os.chmod(tmp, 0o644)
-        target = os.path.join(directory, name)
-        os.replace(tmp, target)
-        return target
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    return target
 
 
 def _writable(directory: str) -> bool:
@@ -324,49 +313,44 @@ def _writable(directory: str) -> bool:
 def _download(url: str, target: str, md5: str | None, quiet: bool, timeout: float = 60.0) -> None:
     """Fetch ``url`` to ``target`` through a temporary file; check length and MD5; rename."""
     name = os.path.basename(target)
-    directory = os.path.dirname(os.path.abspath(target))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + name + ".", suffix=".part", dir=directory)
     digest, received, expected_len = hashlib.md5(), 0, None
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_file(target, suffix=".part") as out:
+        try:
+            response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) only)
+        except urllib.error.HTTPError as err:
+            raise DownloadError(
+                f"Expected {name} from {url}. Received: HTTP {err.code} {err.reason} "
+                "— nothing was written"
+            ) from err
+        except (urllib.error.URLError, OSError) as err:
+            raise DownloadError(
+                f"Expected {name} from {url}. Received: {getattr(err, 'reason', err)} "
+                "— nothing was written"
+            ) from err
+        with response:
+            length = response.headers.get("Content-Length")
+            expected_len = int(length) if length and length.isdigit() else None
+    
+            def chunks():
+                while True:
+                    chunk = response.read(1 << 16)
+                    if not chunk:
+                        return
+                    yield chunk
+
             try:
-                response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) only)
-            except urllib.error.HTTPError as err:
+                for chunk in progress(chunks(), total=None if expected_len is None
+                                      else -(-expected_len // (1 << 16)),
+                                      desc=f"Downloading {name}", quiet=quiet):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+            except (OSError, ValueError, http.client.HTTPException) as err:  # cut short, reset, timeout
                 raise DownloadError(
-                    f"Expected {name} from {url}. Received: HTTP {err.code} {err.reason} "
-                    "— nothing was written"
+                    f"Expected {expected_len if expected_len is not None else 'all'} bytes of "
+                    f"{name} from {url}. Received: {received} bytes before the transfer failed "
+                    f"({type(err).__name__}: {err}) — the download was discarded"
                 ) from err
-            except (urllib.error.URLError, OSError) as err:
-                raise DownloadError(
-                    f"Expected {name} from {url}. Received: {getattr(err, 'reason', err)} "
-                    "— nothing was written"
-                ) from err
-            with response:
-                length = response.headers.get("Content-Length")
-                expected_len = int(length) if length and length.isdigit() else None
-                from metabridge.train.progress import progress
-
-                def chunks():
-                    while True:
-                        chunk = response.read(1 << 16)
-                        if not chunk:
-                            return
-                        yield chunk
-
-                try:
-                    for chunk in progress(chunks(), total=None if expected_len is None
-                                          else -(-expected_len // (1 << 16)),
-                                          desc=f"Downloading {name}", quiet=quiet):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-                except (OSError, ValueError, http.client.HTTPException) as err:  # cut short, reset, timeout
-                    raise DownloadError(
-                        f"Expected {expected_len if expected_len is not None else 'all'} bytes of "
-                        f"{name} from {url}. Received: {received} bytes before the transfer failed "
-                        f"({type(err).__name__}: {err}) — the download was discarded"
-                    ) from err
         if expected_len is not None and received != expected_len:
             raise DownloadError(
                 f"Expected {expected_len} bytes of {name} from {url}. Received: {received} bytes "
@@ -378,13 +362,6 @@ def _download(url: str, target: str, md5: str | None, quiet: bool, timeout: floa
                 f"Expected {name} with MD5 {md5}. Received: MD5 {got} ({received} bytes from {url}) "
                 "— the download was discarded"
             )
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def download_omniglot(root: str, subset: str = "all", base_url: str = OMNIGLOT_URL,

@@ -19,7 +19,7 @@ from metabridge.data import TaskBatch
 from metabridge.nn import MLP, Conv4, KochEncoder, SmallConvEncoder
 from metabridge.optim import Adam
 from metabridge.train.evaluation import mean_ci95
-from metabridge.train.progress import progress
+from metabridge.progress import progress
 from metabridge.train.sources import build_sources
 
 ALGOS = ("maml", "fomaml", "metasgd", "anil", "reptile", "siamese", "protonet", "matching")

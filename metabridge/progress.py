@@ -1,4 +1,7 @@
-"""Progress output for long runs: a tqdm bar on a terminal, silence elsewhere."""
+"""Progress output for long runs: a tqdm bar on a terminal, silence elsewhere.
+
+A leaf module (no metabridge imports), so the data layer (Omniglot's decode and
+download) and the training layer can both use it without importing upward."""
 from __future__ import annotations
 
 import sys
