@@ -66,9 +66,11 @@ def cmd_run(args) -> int:
 
     cfg = ExperimentConfig(
         algo=args.algo, dataset="omniglot", data_dir=args.data_dir, steps=args.steps, meta_batch=args.meta_batch,
-        ways=args.ways, shots=args.shots, queries=args.queries, test_shots=args.shots, test_tasks=args.episodes,
-        inner_lr=args.inner_lr, inner_steps=args.inner_steps, outer_lr=args.outer_lr, seed=args.seed,
-        split=args.split, rotations=args.rotations, image_size=args.image_size,
+        ways=args.ways, test_ways=args.test_ways, shots=args.shots, queries=args.queries,
+        test_shots=args.test_shots or args.shots, test_tasks=args.episodes, inner_lr=args.inner_lr,
+        inner_steps=args.inner_steps, test_inner_steps=args.test_inner_steps, outer_lr=args.outer_lr,
+        lr_decay_every=args.lr_decay_every, seed=args.seed, split=args.split, rotations=args.rotations,
+        image_size=args.image_size, transductive=not args.non_transductive,
     ).resolved()
     start = time.perf_counter()
     result = run_experiment(cfg, args.backend, quiet=args.quiet)
@@ -80,9 +82,9 @@ def cmd_run(args) -> int:
         "data": result.data, "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/omniglot.py " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "",
     }
-    name = f"{cfg.algo}-{cfg.ways}w{cfg.shots}s-{cfg.split}-{cfg.steps}steps-{result.backend}.json"
+    name = f"{cfg.algo}-{cfg.test_ways}w{cfg.test_shots}s-{cfg.split}-{cfg.steps}steps-{result.backend}.json"
     _write_atomic(os.path.join(RESULTS, name), json.dumps(record, indent=2))
-    print(f"{cfg.algo} {cfg.ways}-way {cfg.shots}-shot [{result.backend}]: {record['accuracy']:.2f} ± "
+    print(f"{cfg.algo} {cfg.test_ways}-way {cfg.test_shots}-shot [{result.backend}]: {record['accuracy']:.2f} ± "
           f"{record['ci95']:.2f} % over {cfg.test_tasks} episodes, {wall / 60:.1f} min")
     return 0
 
@@ -95,11 +97,19 @@ def cmd_table(args) -> int:
         c = r["config"]
         split = c["split"] if c["algo"] != "siamese" else "lake (background pairs → evaluation, within-alphabet)"
         rot = c.get("rotations", "none")
+        ways, shots = c.get("test_ways") or c["ways"], c.get("test_shots") or c["shots"]
+        trained = [f"{c['ways']}-way {c['shots']}-shot"] if (ways, shots) != (c["ways"], c["shots"]) else []
+        if c["algo"] in ("maml", "fomaml", "metasgd", "anil", "reptile"):
+            trained.append(f"{c['inner_steps']} inner steps (test {c.get('test_inner_steps') or c['inner_steps']})")
+        if c.get("lr_decay_every"):
+            trained.append(f"lr ×{c['lr_decay']} every {c['lr_decay_every']}")
+        if c["algo"] == "reptile":
+            trained.append("transductive" if c.get("transductive", True) else "non-transductive")
         rows.append(
-            f"| {c['algo']} | {r['backend']} | {split}, rotations {rot} | {c['ways']}-way {c['shots']}-shot "
-            f"| {c['steps']} | {c['meta_batch']} | {r['wall_seconds'] / 60:.1f} min "
+            f"| {c['algo']} | {r['backend']} | {split}, rotations {rot} | {ways}-way {shots}-shot "
+            f"| {', '.join(trained) or '—'} | {c['steps']} | {c['meta_batch']} | {r['wall_seconds'] / 60:.1f} min "
             f"| {r['accuracy']:.2f} ± {r['ci95']:.2f} ({r['episodes']}) "
-            f"| {PUBLISHED.get((c['algo'], c['ways'], c['shots']), '—')} |"
+            f"| {PUBLISHED.get((c['algo'], ways, shots), '—')} |"
         )
     machines = sorted({json.load(open(p))["machine"] for p in glob.glob(os.path.join(RESULTS, "*.json"))})
     section = "\n".join([
@@ -107,9 +117,9 @@ def cmd_table(args) -> int:
         f"Machine: {'; '.join(machines) or '—'}. Wall time includes data loading, the TensorFlow trace "
         "and the evaluation. Raw results: `benchmarks/results/*.json`.",
         "",
-        "| method | backend | split | task | steps | meta-batch | wall time | accuracy % ± 95% CI (episodes) "
-        "| published |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | backend | split | test task | training | steps | meta-batch | wall time "
+        "| accuracy % ± 95% CI (episodes) | published |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         END,
     ])
@@ -134,11 +144,16 @@ def main() -> int:
     run.add_argument("--steps", type=int, required=True)
     run.add_argument("--meta-batch", type=int, default=32)
     run.add_argument("--ways", type=int, default=5)
+    run.add_argument("--test-ways", type=int, help="ways at test time (default --ways; protonet/matching)")
     run.add_argument("--shots", type=int, default=1)
+    run.add_argument("--test-shots", type=int, help="shots at test time (default --shots)")
     run.add_argument("--queries", type=int, default=15)
     run.add_argument("--inner-lr", type=float, default=0.4)
     run.add_argument("--inner-steps", type=int, default=1)
+    run.add_argument("--test-inner-steps", type=int, help="inner steps at test time (default --inner-steps)")
     run.add_argument("--outer-lr", type=float, default=1e-3)
+    run.add_argument("--lr-decay-every", type=int, help="halve the outer learning rate every this many steps")
+    run.add_argument("--non-transductive", action="store_true", help="reptile: one query per batch-norm batch")
     run.add_argument("--episodes", type=int, default=600)
     run.add_argument("--split", default="vinyals", choices=("vinyals", "lake"))
     run.add_argument("--rotations", choices=("classes", "per-task", "none"))

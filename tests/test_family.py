@@ -154,3 +154,106 @@ def test_bad_configurations_fail_at_construction(make, message):
     with pytest.raises(ValueError) as info:
         make()
     assert message in str(info.value) and "Received" in str(info.value)
+
+
+# ---- Reptile's batch-norm evaluation modes ---------------------------------------------------------------
+def _reptile_bn_setup(transductive):
+    from metabridge.data import TaskBatch
+
+    rng = np.random.default_rng(3)
+    model = Conv4(3, input_shape=(8, 8, 1), channels=4, strided=True)
+    params = perturbed_init(model, 0)
+    sx, sy = rng.standard_normal((1, 3, 8, 8, 1)), np.array([[0, 1, 2]])
+    qx, qy = rng.standard_normal((1, 4, 8, 8, 1)), np.array([[0, 1, 2, 0]])
+    reptile = Reptile(model, 0.01, 2, transductive=transductive)
+    return reptile, params, TaskBatch(sx, sy, qx, qy)
+
+
+def test_reptile_non_transductive_queries_do_not_see_each_other(backend, float64):
+    reptile, params, batch = _reptile_bn_setup(transductive=False)
+    sx, qx = batch.support_x[0], batch.query_x[0]
+    base = ops.to_numpy(reptile.predict(params, sx, qx))
+    changed = qx.copy()
+    changed[1:] = 5 * changed[1:] + 3                           # other queries change, query 0 does not
+    assert rel_diff(ops.to_numpy(reptile.predict(params, sx, changed))[0], base[0]) < 1e-13
+    # query 0 alone, batched with the support set, by the model itself
+    alone = ops.to_numpy(reptile.model(params, np.concatenate([sx, qx[:1]], 0)))[-1]
+    assert rel_diff(base[0], alone) < 1e-13
+    transductive = Reptile(reptile.model, 0.01, 2, transductive=True)
+    shared = ops.to_numpy(transductive.predict(params, sx, changed))[0]
+    assert rel_diff(shared, base[0]) > 1e-3                     # batch statistics shared across queries
+
+
+def test_reptile_bn_modes_agree_between_backends(both_backends, float64):
+    out = {}
+    for b in both_backends:
+        with mb.use_backend(b):
+            for mode in (True, False):
+                reptile, params, batch = _reptile_bn_setup(mode)
+                out[b, mode] = reptile.evaluate(params, batch, steps=2)["loss"]
+    for mode in (True, False):
+        assert rel_diff(out["torch", mode], out["tensorflow", mode]) < 1e-12
+
+
+# ---- step-decay learning rate ------------------------------------------------------------------------------
+def test_step_decay_schedule_drives_sgd_exactly(backend, float64):
+    from metabridge.optim import SGD, StepDecay
+
+    sched = StepDecay(0.1, every=2, factor=0.5)
+    assert [sched(t) for t in range(6)] == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    opt = SGD(sched)
+    params = {"w": ops.asarray(np.array([1.0, -2.0]))}
+    state = opt.init(params)
+    g = np.array([0.3, 0.7])
+    for _ in range(5):
+        params, state = opt.update(params, {"w": ops.asarray(g)}, state)
+    expected = np.array([1.0, -2.0]) - (0.1 + 0.1 + 0.05 + 0.05 + 0.025) * g
+    assert rel_diff(ops.to_numpy(params["w"]), expected) < 1e-15
+
+
+def test_step_decay_adam_matches_numpy(backend, float64):
+    from metabridge.optim import StepDecay
+
+    rng = np.random.default_rng(1)
+    grads = rng.standard_normal((7, 3))
+    opt = Adam(StepDecay(0.01, every=3, factor=0.1))
+    params = {"w": ops.asarray(np.zeros(3))}
+    state = opt.init(params)
+    w, m, v = np.zeros(3), np.zeros(3), np.zeros(3)
+    for t, g in enumerate(grads):
+        params, state = opt.update(params, {"w": ops.asarray(g)}, state)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        lr = 0.01 * 0.1 ** (t // 3)
+        w = w - lr * (m / (1 - 0.9 ** (t + 1))) / (np.sqrt(v / (1 - 0.999 ** (t + 1))) + 1e-8)
+    assert rel_diff(ops.to_numpy(params["w"]), w) < 1e-13
+
+
+# ---- experiments: ProtoNet trained with more ways than tested, decayed learning rate ------------------------
+def test_protonet_trains_with_more_ways_than_it_tests(both_backends):
+    from metabridge.train import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig(algo="protonet", dataset="digits", ways=5, test_ways=3, steps=4, meta_batch=2,
+                           test_tasks=10, lr_decay_every=2, floatx="float64")
+    runs = [run_experiment(cfg, b, quiet=True) for b in both_backends]
+    assert runs[0].metric > 1 / 3 and abs(runs[0].metric - runs[1].metric) < 1e-12
+    assert np.max(np.abs(np.array(runs[0].losses) - runs[1].losses) / np.array(runs[0].losses)) < 1e-9
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"algo": "maml", "dataset": "digits", "test_ways": 3}, "Expected test_ways == ways for maml"),
+    ({"algo": "protonet", "lr_decay_every": 0}, "Expected lr_decay_every >= 1. Received: lr_decay_every=0"),
+    ({"algo": "protonet", "lr_decay_every": 5, "lr_decay": 2.0}, "Expected 0 < lr_decay <= 1. Received: lr_decay=2.0"),
+    ({"algo": "reptile", "test_inner_steps": 0}, "Expected test_inner_steps >= 1. Received: test_inner_steps=0"),
+    ({"algo": "protonet", "test_ways": 1}, "Expected test_ways >= 2. Received: test_ways=1"),
+])
+def test_bad_experiment_fields_are_named(fields, message):
+    from metabridge.train import ExperimentConfig
+
+    with pytest.raises(ValueError) as info:
+        ExperimentConfig(**fields).resolved()
+    assert message in str(info.value) and "Received" in str(info.value)
+
+
+def test_reptile_transductive_must_be_a_bool():
+    with pytest.raises(ValueError, match="Expected transductive True or False. Received: transductive='yes'"):
+        Reptile(MLP([1, 1]), 0.1, transductive="yes")

@@ -27,7 +27,7 @@ class Reptile:
 
     def __init__(self, model: Model, inner_lr: float, inner_steps: int = 5, loss="cross_entropy",
                  outer_stepsize: float = 0.1, final_outer_stepsize: float | None = None,
-                 total_steps: int = 1, inner_optimizer: str = "sgd"):
+                 total_steps: int = 1, inner_optimizer: str = "sgd", transductive: bool = True):
         if not isinstance(model, Model):
             raise ValueError(f"Expected a metabridge.nn.Model. Received: model={type(model).__name__}")
         if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
@@ -41,7 +41,9 @@ class Reptile:
         self.outer_stepsize = _positive("outer_stepsize", outer_stepsize)
         final = outer_stepsize if final_outer_stepsize is None else final_outer_stepsize
         self.final_outer_stepsize = _positive("final_outer_stepsize", final, allow_zero=True)
-        self.inner_optimizer = inner_optimizer
+        if not isinstance(transductive, bool):
+            raise ValueError(f"Expected transductive True or False. Received: transductive={transductive!r}")
+        self.inner_optimizer, self.transductive = inner_optimizer, transductive
         self.loss_fn, self.loss_name = resolve_loss(loss)
 
     def epsilon(self, step: int) -> float:
@@ -78,9 +80,20 @@ class Reptile:
         new = {k: p + eps * (total[k] / batch.size - p) for k, p in params.items()}
         return new, loss_sum / batch.size
 
+    def predict(self, params: dict, support_x, query_x):
+        """Query predictions of adapted ``params``: one batch of all queries
+        (transductive), or each query beside the support set (non-transductive)."""
+        support_x, query_x = ops.asarray(support_x), ops.asarray(query_x)
+        if self.transductive:
+            return self.model(params, query_x)
+        n_support = ops.shape(support_x)[0]
+        rows = [self.model(params, ops.concat([support_x, query_x[j:j + 1]], 0))[n_support:]
+                for j in range(ops.shape(query_x)[0])]
+        return ops.concat(rows, 0)
+
     def evaluate(self, params: dict, batch: TaskBatch, steps: int | None = None) -> dict:
         """Query loss and metric after adapting with ``steps`` (default ``inner_steps``)
-        steps, per task (numpy). Non-transductive use passes one query at a time."""
+        steps, per task (numpy), predicted as :meth:`predict` says."""
         import numpy as np
 
         from metabridge.algorithms.common import metric_fn
@@ -91,7 +104,7 @@ class Reptile:
         losses, metrics = np.zeros(batch.size), np.zeros(batch.size)
         for t in range(batch.size):
             p = self.adapt(params, sx[t], sy[t], steps)
-            pred = self.model(p, qx[t])
+            pred = self.predict(p, sx[t], qx[t])
             losses[t] = float(ops.to_numpy(self.loss_fn(pred, qy[t])))
             if metric is not None:
                 metrics[t] = float(ops.to_numpy(metric(pred, qy[t])))

@@ -17,7 +17,7 @@ from metabridge import config, ops
 from metabridge.algorithms import ANIL, MAML, MatchingNet, MetaSGD, ProtoNet, Reptile, Siamese
 from metabridge.data import TaskBatch
 from metabridge.nn import MLP, Conv4, KochEncoder, SmallConvEncoder
-from metabridge.optim import Adam
+from metabridge.optim import Adam, StepDecay
 from metabridge.train.evaluation import mean_ci95
 from metabridge.progress import progress
 from metabridge.train.sources import build_sources
@@ -40,13 +40,17 @@ class ExperimentConfig:
     steps: int | None = None
     meta_batch: int | None = None
     ways: int = 5
+    test_ways: int | None = None
     shots: int | None = None
     queries: int | None = None
     test_shots: int | None = None
     test_tasks: int = 600
     inner_lr: float | None = None
     inner_steps: int = 1
+    test_inner_steps: int | None = None
     outer_lr: float = 1e-3
+    lr_decay_every: int | None = None
+    lr_decay: float = 0.5
     seed: int = 0
     floatx: str = "float32"
     compiled: bool = True
@@ -58,6 +62,7 @@ class ExperimentConfig:
     rotations: str | None = None
     image_size: int | None = None
     fce: bool = False
+    transductive: bool = True
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with defaults filled in and every value checked."""
@@ -91,14 +96,29 @@ class ExperimentConfig:
             c.queries = 10 if sinusoid else 5
         if c.test_shots is None:
             c.test_shots = c.shots
+        if c.test_ways is None:
+            c.test_ways = c.ways
+        if c.test_inner_steps is None:
+            c.test_inner_steps = c.inner_steps
         if c.inner_lr is None:
             c.inner_lr = 0.01 if sinusoid else 0.4
-        for name in ("steps", "meta_batch", "shots", "queries", "test_shots", "test_tasks", "inner_steps"):
+        for name in ("steps", "meta_batch", "shots", "queries", "test_shots", "test_tasks", "inner_steps",
+                     "test_inner_steps"):
             value = getattr(c, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Expected {name} >= 1. Received: {name}={value!r}")
         if not sinusoid and (not isinstance(c.ways, int) or c.ways < 2):
             raise ValueError(f"Expected ways >= 2. Received: ways={c.ways!r}")
+        if not sinusoid and (not isinstance(c.test_ways, int) or c.test_ways < 2):
+            raise ValueError(f"Expected test_ways >= 2. Received: test_ways={c.test_ways!r}")
+        if c.test_ways != c.ways and c.algo not in ("protonet", "matching", "siamese"):
+            raise ValueError(f"Expected test_ways == ways for {c.algo} (its output layer has one unit per way; "
+                             f"only protonet, matching and siamese can change ways). "
+                             f"Received: ways={c.ways}, test_ways={c.test_ways}")
+        if c.lr_decay_every is not None:
+            StepDecay(c.outer_lr, c.lr_decay_every, c.lr_decay)  # validates both
+        if not isinstance(c.transductive, bool):
+            raise ValueError(f"Expected transductive true or false. Received: transductive={c.transductive!r}")
         for name in ("inner_lr", "outer_lr"):
             value = getattr(c, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -177,7 +197,8 @@ class _Setup:
             loss = "cross_entropy"
         if c.algo == "reptile":  # the paper's Omniglot set-up: Adam (beta1 = 0) inner loop, epsilon 1 -> 0
             self.algorithm = Reptile(self.model, c.inner_lr, c.inner_steps, loss=loss, outer_stepsize=1.0,
-                                     final_outer_stepsize=0.0, total_steps=c.steps, inner_optimizer="adam")
+                                     final_outer_stepsize=0.0, total_steps=c.steps, inner_optimizer="adam",
+                                     transductive=c.transductive)
             return
         kind = {"metasgd": MetaSGD, "anil": ANIL}.get(c.algo, MAML)
         self.algorithm = kind(self.model, c.inner_lr, c.inner_steps, first_order=c.algo == "fomaml", loss=loss,
@@ -208,7 +229,7 @@ class _Setup:
             batch = TaskBatch.stack([test.episode(start + j) for j in range(n)])
             batch = _flat(batch) if self.flatten else batch
             out = (self.algorithm.evaluate(params, batch) if c.algo in ("protonet", "matching")
-                   else self.algorithm.evaluate(params, batch, steps=c.inner_steps))
+                   else self.algorithm.evaluate(params, batch, steps=c.test_inner_steps))
             name = "accuracy" if "accuracy" in out else "mse"
             values.append(out[name] if out[name].ndim == 1 else out[name][:, -1])
         return name, np.concatenate(values)
@@ -228,7 +249,8 @@ def run_experiment(cfg: ExperimentConfig, backend: str, quiet: bool = False) -> 
         with config.use_backend(backend) as name:
             setup = _Setup(c)
             params = {k: ops.asarray(v) for k, v in setup.init_params(c.seed).items()}
-            opt = Adam(lr=c.outer_lr)
+            opt = Adam(lr=c.outer_lr if c.lr_decay_every is None else StepDecay(c.outer_lr, c.lr_decay_every,
+                                                                                  c.lr_decay))
             state = opt.init(params)
             losses = []
             bar = progress(range(c.steps), c.steps, f"{c.algo}/{c.dataset} [{name}]", quiet)

@@ -66,7 +66,7 @@ def build_sources(c) -> Sources:
 
 
 def _class_sources(c, train, test, input_shape, describe, siamese) -> Sources:
-    test_sampler = EpisodeSampler(test, c.ways, c.test_shots if not siamese else 1, c.queries, seed=c.seed + 1)
+    test_sampler = EpisodeSampler(test, c.test_ways, c.test_shots if not siamese else 1, c.queries, seed=c.seed + 1)
     if siamese:
         return Sources(input_shape, train_pairs=PairSampler(train, c.meta_batch, c.seed), test=test_sampler,
                        describe=describe)
@@ -84,7 +84,7 @@ def _omniglot_sources(c, siamese: bool) -> Sources:
     if siamese:
         background = Omniglot(root, "background", **load)
         evaluation = Omniglot(root, "evaluation", **load)
-        test = WithinAlphabetEpisodeSampler.from_dataset(evaluation, c.ways, 1, 1, seed=c.seed + 1)
+        test = WithinAlphabetEpisodeSampler.from_dataset(evaluation, c.test_ways, 1, 1, seed=c.seed + 1)
         describe = {"dataset": "omniglot", "split": "lake", "train": "background (pairs)",
                     "test": "evaluation, within-alphabet one-shot", "rotations": "none", "image_size": size}
         return Sources((size, size, 1), train_pairs=PairSampler(background, c.meta_batch, c.seed), test=test,
@@ -96,5 +96,5 @@ def _omniglot_sources(c, siamese: bool) -> Sources:
     test = omniglot_split(data, c.split, "test", rotations=c.rotations)
     describe = {"train": train.describe(), "test": test.describe(), "image_size": size}
     return Sources((size, size, 1), train=FastEpisodeSampler(train, c.ways, c.shots, c.queries, c.seed),
-                   test=FastEpisodeSampler(test, c.ways, c.test_shots, c.queries, seed=c.seed + 1),
+                   test=FastEpisodeSampler(test, c.test_ways, c.test_shots, c.queries, seed=c.seed + 1),
                    describe=describe)
