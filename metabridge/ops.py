@@ -466,6 +466,25 @@ def value_and_grad(fn, create_graph: bool = False, has_aux: bool = False):
     return _backend.current().autodiff.value_and_grad(fn, create_graph=create_graph, has_aux=has_aux)
 
 
+def grad_of_loss_tensor(loss, params: dict, create_graph: bool = False) -> dict:
+    """Gradients of an already computed scalar ``loss`` with respect to ``params``
+    (a dict of the tensors it was computed from), keyed like ``params``.
+
+    PyTorch only (``torch.autograd.grad``): the loss must have a graph back to
+    ``params``, as it does when computed inside :func:`value_and_grad`.
+    ``create_graph=True`` keeps the gradients differentiable (second order).
+    TensorFlow cannot differentiate a finished tensor and raises ``ValueError``;
+    write the loss as a function and use :func:`value_and_grad` there.
+
+    >>> def outer(p):                                           # doctest: +SKIP
+    ...     loss = ops.sum(ops.square(p["w"]))
+    ...     g = ops.grad_of_loss_tensor(loss, p, create_graph=True)["w"]
+    ...     return ops.sum(g)
+    >>> ops.value_and_grad(outer)({"w": ops.asarray([1.0, 2.0])})[1]["w"]   # 2 everywhere
+    """
+    return _backend.current().autodiff.grad_of_loss_tensor(loss, params, create_graph=create_graph)
+
+
 def compile_function(fn):
     """The backend's compiled version of ``fn`` (``tf.function`` on TensorFlow;
     eager on torch, whose compiler cannot trace double backward)."""

@@ -1,5 +1,6 @@
 """Meta-learning algorithms, written once with :mod:`metabridge.ops`."""
 from metabridge.algorithms.anil import ANIL
+from metabridge.algorithms.learner import Learner
 from metabridge.algorithms.maml import MAML
 from metabridge.algorithms.matching import MatchingNet
 from metabridge.algorithms.meta_sgd import MetaSGD
@@ -7,4 +8,4 @@ from metabridge.algorithms.protonet import ProtoNet
 from metabridge.algorithms.reptile import Reptile
 from metabridge.algorithms.siamese import Siamese
 
-__all__ = ["ANIL", "MAML", "MatchingNet", "MetaSGD", "ProtoNet", "Reptile", "Siamese"]
+__all__ = ["ANIL", "Learner", "MAML", "MatchingNet", "MetaSGD", "ProtoNet", "Reptile", "Siamese"]

@@ -12,6 +12,7 @@ import numpy as np
 
 from metabridge import config, ops
 from metabridge.algorithms.common import batch_tensors, check_batch, metric_fn, resolve_loss
+from metabridge.algorithms.learner import Learner
 from metabridge.data.episodes import TaskBatch
 from metabridge.nn.base import Model
 
@@ -55,6 +56,17 @@ class MAML:
     def inner_update(self, params: dict, grads: dict) -> dict:
         """One inner step on the adapted parameters: ``p - inner_lr * grad``."""
         return {k: params[k] - self.inner_lr * g for k, g in grads.items()}
+
+    def clone(self, params: dict) -> Learner:
+        """A :class:`~metabridge.algorithms.Learner` over ``params`` (learn2learn's
+        ``maml.clone()``): ``learner.adapt(loss_fn)`` takes one inner step of this
+        algorithm, ``learner(x)`` runs the model with the adapted parameters.
+
+        >>> learner = maml.clone(params)                                # doctest: +SKIP
+        >>> learner.adapt(lambda l: ops.cross_entropy(l(sx), sy))       # doctest: +SKIP
+        >>> loss = ops.cross_entropy(learner(qx), qy)                   # doctest: +SKIP
+        """
+        return Learner(self, params)
 
     def adapt(self, params: dict, support_x, support_y, steps: int | None = None,
               create_graph: bool | None = None) -> dict:

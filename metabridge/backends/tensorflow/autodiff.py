@@ -39,6 +39,18 @@ def value_and_grad(fn: Callable, create_graph: bool = False, has_aux: bool = Fal
     return wrapped
 
 
+def grad_of_loss_tensor(loss, params: dict, create_graph: bool = False) -> dict:
+    """Not possible on TensorFlow: a tape must watch the computation while it
+    runs, so a finished loss tensor cannot be differentiated. Always raises a
+    ``ValueError`` that says to pass a loss function instead (mirrors the torch
+    backend's function of the same name)."""
+    raise ValueError(
+        "Expected a loss function on the tensorflow backend (TensorFlow cannot differentiate a "
+        "finished tensor; pass loss_fn(learner) -> scalar instead). "
+        f"Received: a tensor ({type(loss).__name__})"
+    )
+
+
 def compile_function(fn: Callable) -> Callable:
     """The compiled path: ``tf.function`` (results match eager mode).
 

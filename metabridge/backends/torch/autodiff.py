@@ -59,6 +59,31 @@ def value_and_grad(fn: Callable, create_graph: bool = False, has_aux: bool = Fal
     return wrapped
 
 
+def grad_of_loss_tensor(loss, params: dict, create_graph: bool = False) -> dict:
+    """Gradients of an already computed scalar ``loss`` with respect to ``params``.
+
+    ``params`` are tensors ``loss`` was computed from, with a graph to them
+    (inside :func:`value_and_grad`, or leaves with ``requires_grad``). With
+    ``create_graph`` the gradients keep their graph (second order). Inside an
+    outer ``value_and_grad`` the loss's graph is kept for the outer pass.
+    Parameters the loss does not use get zero gradients.
+    """
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"Expected a scalar loss tensor. Received: {got}")
+    cut = [k for k, t in params.items() if not (isinstance(t, torch.Tensor) and t.requires_grad)]
+    if not loss.requires_grad or cut:
+        raise ValueError(
+            "Expected a loss tensor with a graph back to the parameters (compute it inside "
+            "ops.value_and_grad, or pass a loss function instead). Received: "
+            + (f"parameters without gradients {cut[:3]}" if cut else "a loss tensor with no graph")
+        )
+    inputs = list(params.values())
+    grads = torch.autograd.grad(loss, inputs, create_graph=create_graph,
+                                retain_graph=create_graph or _depth.get() > 0, allow_unused=True)
+    return {k: (torch.zeros_like(t) if g is None else g) for (k, t), g in zip(params.items(), grads)}
+
+
 def _detach_tree(tree):
     if isinstance(tree, torch.Tensor):
         return tree.detach()
