@@ -1,8 +1,13 @@
-"""The ``metabridge`` command: ``compare`` (both backends side by side) and ``train``.
+"""The ``metabridge`` command.
 
     metabridge compare                      # MAML on sinusoid + Siamese on digits, both backends
     metabridge compare --algo maml --steps 500 --json
     metabridge train --algo siamese --backend tf
+    metabridge train --config exp.toml --run-dir runs/a   # flags override the file
+    metabridge resume runs/a                # continue a killed run from its last checkpoint
+    metabridge eval runs/a --backend tf --episodes 600 --json
+    metabridge plot runs/a runs/b -o curves.png
+    metabridge export runs/a --to keras -o model.keras
 """
 from __future__ import annotations
 
@@ -15,45 +20,58 @@ from metabridge import backend as _registry
 from metabridge import config
 from metabridge.train.experiment import ALGOS, DATASETS, ROTATIONS, SPLITS, ExperimentConfig, parity, run_experiment
 
+S = argparse.SUPPRESS  # flags not given stay absent, so a config file's values are not overridden
+
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algo", choices=ALGOS, help="algorithm (compare with none runs maml/sinusoid and siamese/digits)")
-    p.add_argument("--dataset", choices=DATASETS, help="default: sinusoid for maml/fomaml, digits for siamese")
-    p.add_argument("--steps", type=int, help="meta-training steps (default 300 sinusoid, 200 digits)")
-    p.add_argument("--meta-batch", type=int, help="tasks per meta-step (pairs per step for siamese)")
-    p.add_argument("--ways", type=int, default=5, help="classes per episode (digits)")
-    p.add_argument("--shots", type=int, help="support examples per class / per sinusoid task")
-    p.add_argument("--queries", type=int, help="query examples per class / per sinusoid task")
-    p.add_argument("--test-shots", type=int, help="support examples at test time (default: --shots)")
-    p.add_argument("--test-tasks", type=int, default=600, help="test tasks for mean ± 95%% CI")
-    p.add_argument("--inner-lr", type=float, help="MAML inner step size (default 0.01 sinusoid, 0.4 digits)")
-    p.add_argument("--inner-steps", type=int, default=1)
-    p.add_argument("--outer-lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--floatx", choices=config.FLOATX_CHOICES, default="float32")
-    p.add_argument("--eager", action="store_true", help="skip the compiled path (tf.function)")
-    p.add_argument("--distance", choices=("l1", "l2", "cosine"), default="l1", help="siamese distance")
-    p.add_argument("--siamese-loss", choices=("bce", "contrastive"), default="bce")
-    p.add_argument("--fce", action="store_true", help="matching networks: full context embeddings")
-    p.add_argument("--data-dir", help="folder of the omniglot / miniimagenet files")
-    p.add_argument("--download", action="store_true", help="fetch Omniglot's archives into --data-dir")
-    p.add_argument("--split", choices=SPLITS, default="vinyals", help="omniglot split (default vinyals)")
-    p.add_argument("--rotations", choices=ROTATIONS,
-                   help="omniglot rotations (default per-task for maml/fomaml, none for siamese)")
-    p.add_argument("--image-size", type=int, help="image side (default 28 omniglot, 84 miniimagenet)")
+    p.add_argument("--config", default=S, help="TOML file with any of these flags as keys (flags override it)")
+    p.add_argument("--algo", choices=ALGOS, default=S,
+                   help="algorithm (compare with none runs maml/sinusoid and siamese/digits)")
+    p.add_argument("--dataset", choices=DATASETS, default=S, help="default: sinusoid for MAML family, digits else")
+    p.add_argument("--steps", type=int, default=S, help="meta-training steps (default 300 sinusoid, 200 digits)")
+    p.add_argument("--meta-batch", type=int, default=S, help="tasks per meta-step (pairs per step for siamese)")
+    p.add_argument("--ways", type=int, default=S, help="classes per training episode (default 5)")
+    p.add_argument("--test-ways", type=int, default=S, help="classes per test episode (protonet/matching/siamese)")
+    p.add_argument("--shots", type=int, default=S, help="support examples per class / per sinusoid task")
+    p.add_argument("--queries", type=int, default=S, help="query examples per class / per sinusoid task")
+    p.add_argument("--test-shots", type=int, default=S, help="support examples at test time (default: --shots)")
+    p.add_argument("--test-tasks", type=int, default=S, help="test episodes for mean ± 95%% CI (default 600)")
+    p.add_argument("--inner-lr", type=float, default=S, help="inner step size (default 0.01 sinusoid, 0.4 else)")
+    p.add_argument("--inner-steps", type=int, default=S, help="inner steps (default 1)")
+    p.add_argument("--test-inner-steps", type=int, default=S, help="inner steps at test time (default --inner-steps)")
+    p.add_argument("--outer-lr", type=float, default=S, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr-decay-every", type=int, default=S, help="multiply the outer lr by --lr-decay this often")
+    p.add_argument("--lr-decay", type=float, default=S, help="step-decay factor (default 0.5)")
+    p.add_argument("--seed", type=int, default=S)
+    p.add_argument("--floatx", choices=config.FLOATX_CHOICES, default=S, help="default float32")
+    p.add_argument("--eager", dest="compiled", action="store_const", const=False, default=S,
+                   help="skip the compiled path (tf.function); in a file: compiled = false")
+    p.add_argument("--distance", choices=("l1", "l2", "cosine"), default=S, help="siamese distance")
+    p.add_argument("--siamese-loss", choices=("bce", "contrastive"), default=S)
+    p.add_argument("--fce", action="store_const", const=True, default=S, help="matching: full context embeddings")
+    p.add_argument("--non-transductive", dest="transductive", action="store_const", const=False, default=S,
+                   help="reptile: each query in its own batch-norm batch; in a file: transductive = false")
+    p.add_argument("--data-dir", default=S, help="folder of the omniglot / miniimagenet files")
+    p.add_argument("--download", action="store_const", const=True, default=S, help="fetch Omniglot's archives")
+    p.add_argument("--split", choices=SPLITS, default=S, help="omniglot split (default vinyals)")
+    p.add_argument("--rotations", choices=ROTATIONS, default=S,
+                   help="omniglot rotations (default per-task for MAML family, classes for protonet)")
+    p.add_argument("--image-size", type=int, default=S, help="image side (default 28 omniglot, 84 miniimagenet)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _config(args: argparse.Namespace, algo: str) -> ExperimentConfig:
-    return ExperimentConfig(
-        algo=algo, dataset=args.dataset, steps=args.steps, meta_batch=args.meta_batch, ways=args.ways,
-        shots=args.shots, queries=args.queries, test_shots=args.test_shots, test_tasks=args.test_tasks,
-        inner_lr=args.inner_lr, inner_steps=args.inner_steps, outer_lr=args.outer_lr, seed=args.seed,
-        floatx=args.floatx, compiled=not args.eager, distance=args.distance, siamese_loss=args.siamese_loss,
-        data_dir=args.data_dir, download=args.download, split=args.split, rotations=args.rotations,
-        image_size=args.image_size, fce=args.fce,
-    ).resolved()
+_NOT_CONFIG = {"config", "json", "quiet", "command", "func", "backends", "runs", "output", "metric"}
+
+
+def _values(args: argparse.Namespace) -> tuple[dict, str]:
+    """Config-file values overridden by the flags given, and where they came from."""
+    from metabridge.train.config_file import load_config_file
+
+    path = getattr(args, "config", None)
+    values = load_config_file(path) if path else {}
+    values.update({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
+    return values, (f"{path} and the command line" if path else "the command line")
 
 
 def _backends(text: str) -> list[str]:
@@ -87,8 +105,7 @@ def _print_table(cfg: ExperimentConfig, results: dict, par: dict | None) -> None
     print()
 
 
-def _run_one(cfg: ExperimentConfig, backends: list[str], quiet: bool) -> dict:
-    runs = {b: run_experiment(cfg, b, quiet=quiet) for b in backends}
+def _report(cfg: ExperimentConfig, runs: dict) -> dict:
     out = {"config": asdict(cfg), "results": {b: r.summary() for b, r in runs.items()}}
     if len(runs) == 2:
         a, b = runs.values()
@@ -97,12 +114,17 @@ def _run_one(cfg: ExperimentConfig, backends: list[str], quiet: bool) -> dict:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from metabridge.train.config_file import split_values
+
+    values, source = _values(args)
+    values.pop("backend", None)
+    values.pop("run_dir", None)
     backends = _backends(args.backends)
-    algos = [args.algo] if args.algo else ["maml", "siamese"]
+    algos = [values.pop("algo")] if "algo" in values else ["maml", "siamese"]
     reports = []
     for algo in algos:
-        cfg = _config(args, algo)
-        report = _run_one(cfg, backends, args.quiet)
+        cfg, _ = split_values({**values, "algo": algo}, source)
+        report = _report(cfg, {b: run_experiment(cfg, b, quiet=args.quiet) for b in backends})
         reports.append(report)
         if not args.json:
             _print_table(cfg, report["results"], report.get("parity"))
@@ -112,13 +134,68 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    backend = _backends(args.backend)[0]
-    cfg = _config(args, args.algo or "maml")
-    report = _run_one(cfg, [backend], args.quiet)
-    if args.json:
+    from metabridge.train import RunDir, RunOptions, train
+    from metabridge.train.config_file import split_values
+
+    values, source = _values(args)
+    cfg, run_values = split_values(values, source)
+    backend = _backends(run_values.pop("backend", config.get_backend()))[0]
+    run_dir = run_values.pop("run_dir", None)
+    run = RunDir.create(run_dir, cfg, RunOptions(**run_values), backend) if run_dir else None
+    if run is None and run_values:
+        raise ValueError(f"Expected --run-dir with {', '.join('--' + k.replace('_', '-') for k in run_values)}. "
+                         "Received: no run directory")
+    result = train(cfg, backend, run, quiet=args.quiet)
+    return _print_result(cfg, {backend: result}, args.json, run_dir)
+
+
+def _print_result(cfg, runs: dict, as_json: bool, run_dir: str | None) -> int:
+    report = _report(cfg, runs)
+    if run_dir:
+        report["run_dir"] = run_dir
+    if as_json:
         print(json.dumps(report, indent=2))
     else:
         _print_table(cfg, report["results"], None)
+        if run_dir:
+            print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from metabridge.train import RunDir, train
+
+    run = RunDir.open(args.run_dir)
+    result = train(run.config, run.backend, run, quiet=args.quiet)
+    return _print_result(run.config.resolved(), {run.backend: result}, args.json, args.run_dir)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from metabridge.train.evaluation import evaluate_run
+
+    backend = _backends(args.backend)[0] if args.backend else None
+    out = evaluate_run(args.run_dir, backend=backend, episodes=args.episodes)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{args.run_dir} (step {out['step']}, trained on {out['trained_on']}) on {out['backend']}: "
+              f"{out['metric_name']} {_fmt_metric(out)} over {out['episodes']} episodes")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from metabridge.train.plot import plot_runs
+
+    path = plot_runs(args.runs, args.output, smooth=args.smooth)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from metabridge.train.export_run import export_run
+
+    path = export_run(args.run_dir, args.to, args.output)
+    print(f"wrote {path}")
     return 0
 
 
@@ -131,8 +208,36 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
     train = sub.add_parser("train", help="run one experiment on one backend")
     _add_experiment_args(train)
-    train.add_argument("--backend", default=config.get_backend(), help="torch or tf (default: METABRIDGE_BACKEND or torch)")
+    train.add_argument("--backend", default=S, help="torch or tf (default: METABRIDGE_BACKEND or torch)")
+    train.add_argument("--run-dir", default=S, help="record the run here (config, metrics, checkpoints)")
+    train.add_argument("--checkpoint-every", type=int, default=S, help="steps between checkpoints (default 100)")
+    train.add_argument("--keep", type=int, default=S, help="checkpoints kept (default 3)")
+    train.add_argument("--eval-every", type=int, default=S, help="steps between validation evaluations (default 0)")
+    train.add_argument("--eval-episodes", type=int, default=S, help="episodes per validation (default 100)")
+    train.add_argument("--tensorboard", action="store_const", const=True, default=S,
+                       help="also write TensorBoard event files to RUN_DIR/tb")
     train.set_defaults(func=cmd_train)
+    resume = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
+    resume.add_argument("run_dir")
+    resume.add_argument("--json", action="store_true")
+    resume.add_argument("--quiet", action="store_true")
+    resume.set_defaults(func=cmd_resume)
+    ev = sub.add_parser("eval", help="evaluate a run's newest checkpoint (on any backend)")
+    ev.add_argument("run_dir")
+    ev.add_argument("--backend", help="torch or tf (default: the backend that trained it)")
+    ev.add_argument("--episodes", type=int, help="test episodes (default: the run's test_tasks)")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+    plot = sub.add_parser("plot", help="learning curves of one or more runs (needs the 'plot' extra)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
+    plot.add_argument("--smooth", type=int, default=20, help="moving-average window over steps (default 20)")
+    plot.set_defaults(func=cmd_plot)
+    export = sub.add_parser("export", help="write a run's parameters into a plain torch or Keras model")
+    export.add_argument("run_dir")
+    export.add_argument("--to", choices=("torch", "keras"), required=True)
+    export.add_argument("-o", "--output", required=True, help="TorchScript file (.pt) or Keras file (.keras)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -17,3 +17,41 @@ def mean_ci95(values) -> tuple[float, float]:
     if arr.size == 1:
         return float(arr[0]), 0.0
     return float(arr.mean()), float(1.96 * arr.std(ddof=1) / np.sqrt(arr.size))
+
+
+def evaluate_run(path: str, backend: str | None = None, episodes: int | None = None) -> dict:
+    """Evaluate a run directory's newest valid checkpoint on ``backend`` (default:
+    the backend that trained it) over its test episodes; any backend reads any
+    checkpoint.
+
+    >>> evaluate_run("runs/protonet", backend="tf", episodes=600)["metric"]   # doctest: +SKIP
+    0.9741
+    """
+    from metabridge import config, ops
+    from metabridge.train.checkpoint import CheckpointError, load_latest, split_tensors
+    from metabridge.train.experiment import _Setup
+    from metabridge.train.loop import check_compatible
+    from metabridge.train.run_dir import RunDir
+
+    run = RunDir.open(path)
+    c = run.config.resolved()
+    if episodes is not None and (not isinstance(episodes, int) or episodes < 1):
+        raise ValueError(f"Expected episodes >= 1. Received: episodes={episodes!r}")
+    saved = load_latest(run.checkpoints)
+    if saved is None:
+        raise CheckpointError(f"Expected at least one valid checkpoint in {run.checkpoints}. Received: none")
+    tensors, meta = saved
+    params, _, _ = split_tensors(tensors)
+    previous = config.floatx()
+    config.set_floatx(c.floatx)
+    try:
+        with config.use_backend(backend or run.backend) as name:
+            setup = _Setup(c)
+            check_compatible(setup.init_params(c.seed), params, run.checkpoints)
+            params = {k: ops.asarray(v) for k, v in params.items()}
+            metric, values = setup.evaluate(params, episodes=episodes)
+    finally:
+        config.set_floatx(previous)
+    mean, ci = mean_ci95(values)
+    return {"run": path, "backend": name, "trained_on": meta.get("backend"), "step": meta["step"],
+            "metric_name": metric, "metric": mean, "metric_ci95": ci, "episodes": int(values.size)}

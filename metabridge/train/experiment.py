@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from metabridge import config, ops
+from metabridge import config
 from metabridge.algorithms import ANIL, MAML, MatchingNet, MetaSGD, ProtoNet, Reptile, Siamese
 from metabridge.data import TaskBatch
 from metabridge.nn import MLP, Conv4, KochEncoder, SmallConvEncoder
-from metabridge.optim import Adam, StepDecay
-from metabridge.train.evaluation import mean_ci95
-from metabridge.progress import progress
+from metabridge.optim import StepDecay
 from metabridge.train.sources import build_sources
 
 ALGOS = ("maml", "fomaml", "metasgd", "anil", "reptile", "siamese", "protonet", "matching")
@@ -217,16 +214,23 @@ class _Setup:
         batch = self.sources.train.batch(step, c.meta_batch)
         return self.algorithm.meta_value_and_grad(params, _flat(batch) if self.flatten else batch)
 
-    def evaluate(self, params) -> tuple[str, np.ndarray]:
+    @property
+    def metric_name(self) -> str:
+        return "accuracy" if self.c.dataset != "sinusoid" else "mse"
+
+    def evaluate(self, params, episodes: int | None = None, offset: int = 0) -> tuple[str, np.ndarray]:
+        """Per-episode test metric over test episodes ``offset .. offset + episodes - 1``
+        (default: the config's ``test_tasks`` from 0)."""
         c, test = self.c, self.sources.test
+        episodes = c.test_tasks if episodes is None else episodes
         if c.algo == "siamese":
-            accs = [self.algorithm.one_shot_accuracy(params, test.episode(i)) for i in range(c.test_tasks)]
+            accs = [self.algorithm.one_shot_accuracy(params, test.episode(offset + i)) for i in range(episodes)]
             return "accuracy", np.asarray(accs)
         values, name = [], None
         chunk = 50
-        for start in range(0, c.test_tasks, chunk):
-            n = min(chunk, c.test_tasks - start)
-            batch = TaskBatch.stack([test.episode(start + j) for j in range(n)])
+        for start in range(0, episodes, chunk):
+            n = min(chunk, episodes - start)
+            batch = TaskBatch.stack([test.episode(offset + start + j) for j in range(n)])
             batch = _flat(batch) if self.flatten else batch
             out = (self.algorithm.evaluate(params, batch) if c.algo in ("protonet", "matching")
                    else self.algorithm.evaluate(params, batch, steps=c.test_inner_steps))
@@ -236,44 +240,16 @@ class _Setup:
 
 
 def run_experiment(cfg: ExperimentConfig, backend: str, quiet: bool = False) -> RunResult:
-    """Train and evaluate ``cfg`` on ``backend``; parameters come back as numpy.
+    """Train and evaluate ``cfg`` on ``backend``; parameters come back as numpy
+    (no run directory: see :func:`metabridge.train.loop.train` for one).
 
     >>> res = run_experiment(ExperimentConfig(steps=10, test_tasks=20), "torch")  # doctest: +SKIP
     >>> res.metric_name
     'mse'
     """
-    c = cfg.resolved()
-    previous_floatx = config.floatx()
-    config.set_floatx(c.floatx)
-    try:
-        with config.use_backend(backend) as name:
-            setup = _Setup(c)
-            params = {k: ops.asarray(v) for k, v in setup.init_params(c.seed).items()}
-            opt = Adam(lr=c.outer_lr if c.lr_decay_every is None else StepDecay(c.outer_lr, c.lr_decay_every,
-                                                                                  c.lr_decay))
-            state = opt.init(params)
-            losses = []
-            bar = progress(range(c.steps), c.steps, f"{c.algo}/{c.dataset} [{name}]", quiet)
-            start = time.perf_counter()
-            for step in bar:
-                if c.algo == "reptile":  # its outer update is not a gradient step
-                    params, value = setup.algorithm.meta_step(params, setup.sources.train.batch(step, c.meta_batch), step)
-                else:
-                    loss, grads = setup.train_step_loss_and_grad(params, step)
-                    params, state = opt.update(params, grads, state)
-                    value = float(ops.to_numpy(loss))
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"Non-finite meta-loss {value} at step {step}; stopping.")
-                losses.append(value)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{value:.4f}")
-            seconds = (time.perf_counter() - start) / c.steps
-            metric_name, values = setup.evaluate(params)
-            mean, ci = mean_ci95(values)
-            numpy_params = {k: ops.to_numpy(v) for k, v in params.items()}
-            return RunResult(name, losses, metric_name, mean, ci, seconds, numpy_params, setup.sources.describe)
-    finally:
-        config.set_floatx(previous_floatx)
+    from metabridge.train.loop import train
+
+    return train(cfg, backend, None, quiet=quiet)
 
 
 def parity(a: RunResult, b: RunResult) -> dict:
