@@ -18,11 +18,12 @@ from metabridge.config import (
     set_floatx,
     use_backend,
 )
+from metabridge.native import export, wrap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "algorithms", "data", "nn", "ops", "optim", "available_backends", "floatx",
     "get_backend", "get_device", "set_backend", "set_device", "set_floatx", "use_backend",
-    "__version__",
+    "export", "wrap", "__version__",
 ]
