@@ -250,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, FloatingPointError, OSError) as exc:
         print(f"metabridge: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        run_dir = getattr(args, "run_dir", None)
+        hint = f"; continue with `metabridge resume {run_dir}`" if run_dir else ""
+        print(f"metabridge: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -329,3 +328,31 @@ def test_plot_overlays_runs(tmp_path):
     assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     metrics = RunDir.open(paths[0]).read_metrics()
     assert [m["step"] for m in metrics if "val_mse" in m] == [2, 5]
+
+
+# ---- export ---------------------------------------------------------------------------------------------
+def test_export_command_writes_native_models_that_predict_like_metabridge(tmp_path, capsys, both_backends):
+    import keras
+    import torch
+
+    from metabridge import config, ops
+    from metabridge.nn import MLP
+    from metabridge.train.checkpoint import split_tensors
+
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "protonet", "--dataset", "digits", "--steps", "3", "--meta-batch", "2",
+                 "--test-tasks", "3", "--quiet", "--backend", "torch", "--run-dir", str(run)]) == 0
+    assert main(["export", str(run), "--to", "torch", "-o", str(tmp_path / "m.pt")]) == 0
+    assert main(["export", str(run), "--to", "keras", "-o", str(tmp_path / "m.keras")]) == 0
+    params, _, _ = split_tensors(load_latest(str(run / "checkpoints"))[0])
+    x = np.random.default_rng(0).standard_normal((7, 64)).astype(np.float32)
+    with config.use_backend("torch"):
+        expected = ops.to_numpy(MLP([64, 64, 64]).__call__(params, x))
+    got_torch = torch.jit.load(str(tmp_path / "m.pt"))(torch.from_numpy(x)).detach().numpy()
+    got_keras = np.asarray(keras.models.load_model(str(tmp_path / "m.keras"))(x, training=True))
+    scale = np.max(np.abs(expected))
+    assert np.max(np.abs(got_torch - expected)) <= 1e-5 * scale
+    assert np.max(np.abs(got_keras - expected)) <= 1e-5 * scale
+    capsys.readouterr()
+    assert main(["export", str(run), "--to", "keras", "-o", str(tmp_path / "m.h5")]) == 2
+    assert "Expected an output file ending in .keras for --to keras. Received:" in capsys.readouterr().err

@@ -22,7 +22,12 @@ and impossible values are rejected before anything is trained, naming the key.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from metabridge.train.experiment import ExperimentConfig
 from metabridge.train.run_dir import RunOptions

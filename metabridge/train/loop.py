@@ -107,7 +107,7 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 run.truncate_metrics(0)
             tb = _tensorboard(run)
             bar = progress(range(start, c.steps), c.steps - start, f"{c.algo}/{c.dataset} [{name}]", quiet)
-            t0, pending = time.perf_counter(), []
+            t0, pending, postfix = time.perf_counter(), [], {}
             for step in bar:
                 if c.algo == "reptile":  # its outer update is not a gradient step
                     new_params, value = setup.algorithm.meta_step(params, setup.sources.train.batch(step, c.meta_batch),
@@ -136,10 +136,12 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                     values = setup.evaluate(params, episodes=run.options.eval_episodes, offset=VALIDATION_OFFSET)[1]
                     mean, ci = mean_ci95(values)
                     pending.append({"step": step, "val_" + setup.metric_name: mean, "val_ci95": ci})
+                    postfix["val_" + setup.metric_name] = f"{mean:.4f}"
                     if tb is not None:
                         tb.scalar("val/" + setup.metric_name, mean, step)
                 if step % 10 == 0:
-                    bar.set_postfix(loss=f"{value:.4f}")
+                    postfix["loss"] = f"{value:.4f}"
+                    bar.set_postfix(postfix)
                 done = step + 1
                 if run is not None and (done % run.options.checkpoint_every == 0 or done == c.steps):
                     run.append_metrics(pending)

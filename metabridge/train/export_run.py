@@ -1,0 +1,53 @@
+"""``metabridge export RUN_DIR --to torch|keras -o PATH``: a run's trained network
+as a plain framework model that loads without metabridge.
+
+The exported network is the run's model (the embedding network for ProtoNet,
+Matching and Siamese runs; Meta-SGD's learned rates and Matching's FCE LSTMs
+are not part of it). It predicts what metabridge predicts with batch
+statistics, as the meta-learned model was trained.
+
+>>> export_run("runs/protonet-torch", "keras", "protonet.keras")   # doctest: +SKIP
+'protonet.keras'
+"""
+from __future__ import annotations
+
+from metabridge import config
+from metabridge.train.checkpoint import CheckpointError, load_latest, split_tensors
+from metabridge.train.run_dir import RunDir
+
+EXTENSIONS = {"torch": (".pt",), "keras": (".keras",)}
+
+
+def export_run(path: str, to: str, output: str) -> str:
+    """Write the newest valid checkpoint of run ``path`` as a TorchScript (``to="torch"``,
+    ``.pt``) or Keras (``to="keras"``, ``.keras``) file at ``output``; returns ``output``."""
+    from metabridge.native import save_native, to_native
+    from metabridge.train.experiment import _Setup
+
+    if to not in EXTENSIONS:
+        raise ValueError(f"Expected to in {tuple(EXTENSIONS)}. Received: to={to!r}")
+    if not output.endswith(EXTENSIONS[to]):
+        raise ValueError(f"Expected an output file ending in {EXTENSIONS[to][0]} for --to {to}. "
+                         f"Received: {output}")
+    run = RunDir.open(path)
+    c = run.config.resolved()
+    saved = load_latest(run.checkpoints)
+    if saved is None:
+        raise CheckpointError(f"Expected at least one valid checkpoint in {run.checkpoints}. Received: none")
+    params, _, _ = split_tensors(saved[0])
+    previous = config.floatx()
+    config.set_floatx(c.floatx)
+    try:
+        with config.use_backend(run.backend):
+            setup = _Setup(c)
+            model = getattr(setup.model, "encoder", setup.model)
+            names = set(model.param_shapes())
+            own = {k: v for k, v in params.items() if k in names}
+            if set(own) != names:
+                raise CheckpointError(f"Expected the parameters of {type(model).__name__} in {run.checkpoints}. "
+                                      f"Received: missing {sorted(names - set(own))[:5]}")
+            native = to_native(model, own, "torch" if to == "torch" else "keras")
+            save_native(native, output)
+    finally:
+        config.set_floatx(previous)
+    return output
