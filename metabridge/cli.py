@@ -116,9 +116,14 @@ def _report(cfg: ExperimentConfig, runs: dict) -> dict:
 def cmd_compare(args: argparse.Namespace) -> int:
     from metabridge.train.config_file import split_values
 
+    from metabridge.train.config_file import RUN_KEYS
+
     values, source = _values(args)
-    values.pop("backend", None)
-    values.pop("run_dir", None)
+    ignored = sorted(k for k in values if k in RUN_KEYS)
+    if ignored:
+        print(f"metabridge: note: compare records no run; ignoring {', '.join(ignored)} from {source}",
+              file=sys.stderr)
+        values = {k: v for k, v in values.items() if k not in RUN_KEYS}
     backends = _backends(args.backends)
     algos = [values.pop("algo")] if "algo" in values else ["maml", "siamese"]
     reports = []
@@ -134,19 +139,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from metabridge.train import RunDir, RunOptions, train
+    from metabridge.train import RunOptions, train
     from metabridge.train.config_file import split_values
 
     values, source = _values(args)
     cfg, run_values = split_values(values, source)
-    backend = _backends(run_values.pop("backend", config.get_backend()))[0]
+    backends = _backends(run_values.pop("backend", config.get_backend()))
+    if len(backends) != 1:
+        raise ValueError(f"Expected one backend for train (compare runs several). Received: backend={backends}")
     run_dir = run_values.pop("run_dir", None)
-    run = RunDir.create(run_dir, cfg, RunOptions(**run_values), backend) if run_dir else None
-    if run is None and run_values:
+    if run_dir is None and run_values:
         raise ValueError(f"Expected --run-dir with {', '.join('--' + k.replace('_', '-') for k in run_values)}. "
                          "Received: no run directory")
-    result = train(cfg, backend, run, quiet=args.quiet)
-    return _print_result(cfg, {backend: result}, args.json, run_dir)
+    args.run_dir = run_dir  # for the Ctrl-C hint
+    result = train(cfg, backends[0], run_dir=run_dir, options=RunOptions(**run_values) if run_dir else None,
+                   quiet=args.quiet)
+    return _print_result(cfg, {backends[0]: result}, args.json, run_dir)
 
 
 def _print_result(cfg, runs: dict, as_json: bool, run_dir: str | None) -> int:

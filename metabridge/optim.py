@@ -14,6 +14,7 @@ parameter), which is what checkpoints save.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from metabridge import ops
 
@@ -68,7 +69,7 @@ class SGD:
     >>> opt = SGD(lr=0.1, momentum=0.9)
     """
 
-    def __init__(self, lr, momentum: float = 0.0):
+    def __init__(self, lr: float | Callable[[int], float], momentum: float = 0.0):
         self.lr = _lr(lr)
         self.momentum = _check_positive("momentum", momentum, allow_zero=True)
         if self.momentum >= 1:
@@ -99,7 +100,7 @@ class Adam:
     >>> opt = Adam(lr=1e-3)
     """
 
-    def __init__(self, lr=1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+    def __init__(self, lr: float | Callable[[int], float] = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         self.lr = _lr(lr)
         self.eps = _check_positive("eps", eps)
         for name, b in (("beta1", beta1), ("beta2", beta2)):

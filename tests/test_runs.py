@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -90,13 +91,14 @@ def test_tensor_file_without_metadata_is_not_a_checkpoint(tmp_path):
 # ---- exact resume, in process ----------------------------------------------------------------------------
 @pytest.mark.parametrize("algo", ["maml", "reptile", "protonet"])
 def test_resume_from_a_middle_checkpoint_is_bit_identical(tmp_path, backend, algo):
-    fields = dict(SIN, algo=algo, lr_decay_every=5) if algo != "protonet" else dict(
-        algo="protonet", dataset="digits", steps=12, meta_batch=2, test_tasks=10, lr_decay_every=5)
+    fields = {"maml": dict(SIN, lr_decay_every=5), "reptile": dict(SIN, algo="reptile"),
+              "protonet": dict(algo="protonet", dataset="digits", steps=12, meta_batch=2, test_tasks=10,
+                               lr_decay_every=5)}[algo]
     cfg = ExperimentConfig(**fields)
-    a = RunDir.create(str(tmp_path / "a"), cfg, RunOptions(checkpoint_every=4, keep=10), backend)
-    train(a.config, backend, a, quiet=True)
-    b = RunDir.create(str(tmp_path / "b"), cfg, RunOptions(checkpoint_every=4, keep=10), backend)
-    train(b.config, backend, b, quiet=True)
+    options = RunOptions(checkpoint_every=4, keep=10, eval_every=3, eval_episodes=4, tensorboard=True)
+    train(cfg, backend, run_dir=str(tmp_path / "a"), options=options, quiet=True)
+    train(cfg, backend, run_dir=str(tmp_path / "b"), options=options, quiet=True)
+    a, b = RunDir.open(str(tmp_path / "a")), RunDir.open(str(tmp_path / "b"))
     for meta_path in list_checkpoints(b.checkpoints)[1:]:          # back to the state after step 4
         os.unlink(meta_path)
     result = resume(b.path, quiet=True)
@@ -105,29 +107,100 @@ def test_resume_from_a_middle_checkpoint_is_bit_identical(tmp_path, backend, alg
     assert meta["step"] == 12 and set(ta) == set(tb)
     for k in ta:
         assert np.array_equal(ta[k], tb[k]), k
-    assert [m["loss"] for m in a.read_metrics()] == [m["loss"] for m in b.read_metrics()] == result.losses
+    assert [m["loss"] for m in a.read_metrics() if "loss" in m] == result.losses
+    strip = [{k: v for k, v in m.items() if k != "seconds"} for m in a.read_metrics()]
+    assert strip == [{k: v for k, v in m.items() if k != "seconds"} for m in b.read_metrics()]
+    assert [m["step"] for m in a.read_metrics() if "monitor_ci95" in m] == [2, 5, 8, 11]
+    assert _event_steps(b.path) == _event_steps(a.path)     # the resumed run's TensorBoard file: no overlap
+
+
+def _event_steps(path: str) -> list:
+    """(tag, step) of every scalar in a run's TensorBoard file, decoded by hand (format: TFRecord of Event)."""
+    [name] = os.listdir(os.path.join(path, "tb"))
+    raw, out, i = open(os.path.join(path, "tb", name), "rb").read(), [], 0
+    while i < len(raw):
+        n = struct.unpack("<Q", raw[i:i + 8])[0]
+        data = raw[i + 12:i + 12 + n]
+        i += 16 + n
+        if b"brain.Event" in data:
+            continue
+        step_at = data.index(b"\x10", 9) + 1                     # field 2 (step), after the 9-byte wall time
+        step, shift = 0, 0
+        while True:
+            byte = data[step_at]
+            step |= (byte & 0x7F) << shift
+            step_at, shift = step_at + 1, shift + 7
+            if not byte & 0x80:
+                break
+        tag_len = data[step_at + 4]                               # field 5 > field 1 > field 1 (tag)
+        out.append((data[step_at + 5:step_at + 5 + tag_len].decode(), step))
+    return out
+
+
+def test_step_decay_reaches_the_training_loop(backend):
+    base = dict(algo="protonet", dataset="digits", steps=3, meta_batch=2, test_tasks=5, outer_lr=0.1)
+    plain = train(ExperimentConfig(**base), backend, quiet=True)
+    decayed = train(ExperimentConfig(**base, lr_decay_every=1, lr_decay=0.01), backend, quiet=True)
+    assert plain.losses[:2] == decayed.losses[:2]                 # steps 0 and 1 see lr 0.1 and lr 0.001 ...
+    assert plain.losses[2] != decayed.losses[2]                   # ... so step 2 starts from different params
+
+
+def test_reptile_trains_on_digits(backend):
+    res = train(ExperimentConfig(algo="reptile", dataset="digits", steps=2, meta_batch=2, test_tasks=4,
+                                 inner_steps=2, inner_lr=0.01), backend, quiet=True)
+    assert len(res.losses) == 2 and 0 <= res.metric <= 1
+
+
+def test_failed_start_leaves_no_run_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "maml", "--dataset", "omniglot", "--data-dir", str(tmp_path / "nowhere"),
+                 "--run-dir", str(run), "--quiet"]) == 2
+    assert "Received" in capsys.readouterr().err and not run.exists()
+
+
+@pytest.mark.parametrize("meta, fragment", [
+    ({"format": 1}, "Expected tensors, bytes, sha256, step in the checkpoint metadata"),
+    ({"format": 1, "tensors": "../x", "bytes": 1, "sha256": "0", "step": 1}, "Expected a file name beside"),
+    ({"format": 2}, "Expected a metabridge checkpoint (format 1)"),
+])
+def test_bad_checkpoint_metadata_is_a_clear_error(tmp_path, meta, fragment):
+    path = tmp_path / "step-00000001.json"
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=re.escape(fragment)):
+        load_checkpoint(str(path))
+    with pytest.warns(UserWarning, match="Skipping checkpoint"):
+        assert load_latest(str(tmp_path)) is None
 
 
 # ---- exact resume after SIGKILL --------------------------------------------------------------------------
-def _spawn(args: list[str], fault: str | None = None) -> subprocess.Popen:
+def _spawn(args: list[str], log: str, fault: str | None = None) -> subprocess.Popen:
+    """``python -m metabridge ARGS`` with one thread per framework (same float sums in
+    every process) and stderr to a file (a pipe could fill up and block the child)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
            "PYTHONPATH": ROOT}
     env.pop("METABRIDGE_FAULT_PAUSE", None)
     if fault:
         env["METABRIDGE_FAULT_PAUSE"] = fault
-    return subprocess.Popen([sys.executable, "-m", "metabridge", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    with open(log, "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "metabridge", *args], env=env, stdout=subprocess.DEVNULL,
+                                stderr=err)
 
 
-def _wait_for(predicate, proc, what: str, timeout: float = 120.0) -> None:
+def _wait_for(predicate, proc, log: str, what: str, timeout: float = 300.0) -> None:
     deadline = time.time() + timeout
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"process ended before {what}: {proc.stderr.read()[-2000:]}")
+            raise AssertionError(f"process ended before {what}: {open(log).read()[-2000:]}")
         if time.time() > deadline:
             proc.kill()
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(0.01)
+
+
+def _kill(proc) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -135,29 +208,29 @@ def test_sigkill_mid_run_and_mid_checkpoint_then_resume_is_bit_identical(tmp_pat
     steps = 120
     args = ["train", "--algo", "maml", "--dataset", "sinusoid", "--steps", str(steps), "--meta-batch", "4",
             "--test-tasks", "5", "--backend", backend_name, "--checkpoint-every", "10", "--keep", "2", "--quiet"]
-    ref = _spawn([*args, "--run-dir", str(tmp_path / "ref")])
-    assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
+    log = str(tmp_path / "stderr.txt")
+    ref = _spawn([*args, "--run-dir", str(tmp_path / "ref")], log)
+    assert ref.wait(timeout=600) == 0, open(log).read()[-2000:]
     reference, _ = _final_tensors(str(tmp_path / "ref"))
 
-    # 1. SIGKILL at a random moment after the first checkpoint
+    # 1. SIGKILL at a random step: as soon as a randomly chosen checkpoint is on disk,
+    #    so the process dies somewhere in the next 10 steps
     killed = tmp_path / "killed"
-    proc = _spawn([*args, "--run-dir", str(killed)])
-    _wait_for(lambda: list_checkpoints(str(killed / "checkpoints")), proc, "the first checkpoint")
-    time.sleep(random.Random(0).uniform(0.0, 0.3))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    target = random.Random().choice(range(20, 100, 10))
+    proc = _spawn([*args, "--run-dir", str(killed)], log)
+    marker = killed / "checkpoints" / f"step-{target:08d}.json"
+    _wait_for(marker.exists, proc, log, f"checkpoint {target}")
+    _kill(proc)
     last = json.load(open(list_checkpoints(str(killed / "checkpoints"))[-1]))["step"]
-    assert proc.returncode == -signal.SIGKILL and last < steps
+    assert target <= last < steps
 
-    # 2. SIGKILL while the tensors of checkpoint 60 are half way to disk, then inside the commit gap
+    # 2. SIGKILL while the tensors of checkpoint 60 are on their way to disk, then inside the commit gap
     for point in ("tensors@60", "between@60"):
         run = tmp_path / point.replace("@", "-")
-        proc = _spawn([*args, "--run-dir", str(run)], fault=point)
-        marker = f"metabridge-fault-pause:{point.split('@')[0]}"
-        seen = []
-        _wait_for(lambda: marker in (seen.append(proc.stderr.readline()) or seen[-1]), proc, marker)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        proc = _spawn([*args, "--run-dir", str(run)], log, fault=point)
+        signal_line = f"metabridge-fault-pause:{point.split('@')[0]}"
+        _wait_for(lambda: signal_line in open(log).read(), proc, log, signal_line)
+        _kill(proc)
         names = os.listdir(run / "checkpoints")
         if point.startswith("tensors"):
             assert any(n.endswith(".tmp") for n in names) and "step-00000060.safetensors" not in names
@@ -165,15 +238,15 @@ def test_sigkill_mid_run_and_mid_checkpoint_then_resume_is_bit_identical(tmp_pat
             assert "step-00000060.safetensors" in names and "step-00000060.json" not in names
         assert json.load(open(list_checkpoints(str(run / "checkpoints"))[-1]))["step"] == 50
 
+    ref_losses = [m["loss"] for m in RunDir.open(str(tmp_path / "ref")).read_metrics()]
     for path in (killed, tmp_path / "tensors-60", tmp_path / "between-60"):
-        out = _spawn(["resume", str(path), "--quiet"])
-        assert out.wait(timeout=300) == 0, out.stderr.read()[-2000:]
+        out = _spawn(["resume", str(path), "--quiet"], log)
+        assert out.wait(timeout=600) == 0, open(log).read()[-2000:]
         final, meta = _final_tensors(str(path))
         assert meta["step"] == steps
         assert not [n for n in os.listdir(path / "checkpoints") if n.endswith(".tmp")]
         for k in reference:
             assert np.array_equal(final[k], reference[k]), (path, k)
-        ref_losses = [m["loss"] for m in RunDir.open(str(tmp_path / "ref")).read_metrics()]
         assert [m["loss"] for m in RunDir.open(str(path)).read_metrics()] == ref_losses
 
 
@@ -217,6 +290,9 @@ def test_config_file_runs_and_flags_override_it(tmp_path, capsys):
     ("inner_lr = -1.0\n", "Expected inner_lr > 0. Received: inner_lr=-1.0"),
     ("checkpoint_every = 0\n", "Expected checkpoint_every >= 1. Received: checkpoint_every=0"),
     ("steps = [1\n", "Expected valid TOML in"),
+    ('algo = "reptile"\nlr_decay_every = 10\n', "Expected no lr_decay_every for reptile"),
+    ("transductive = false\n", "Expected transductive = true for maml"),
+    ('algo = "protonet"\ntest_inner_steps = 5\n', "Expected no test_inner_steps for protonet"),
 ])
 def test_bad_config_files_are_rejected_before_training(tmp_path, capsys, text, fragment):
     path = _write(tmp_path, text + f'run-dir = "{tmp_path / "never"}"\n')
@@ -327,7 +403,7 @@ def test_plot_overlays_runs(tmp_path):
     assert main(["plot", *paths, "-o", str(out)]) == 0
     assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     metrics = RunDir.open(paths[0]).read_metrics()
-    assert [m["step"] for m in metrics if "val_mse" in m] == [2, 5]
+    assert [m["step"] for m in metrics if "monitor_mse" in m] == [2, 5]   # sinusoid has no validation part
 
 
 # ---- export ---------------------------------------------------------------------------------------------

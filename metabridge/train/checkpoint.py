@@ -109,6 +109,13 @@ def load_checkpoint(meta_path: str) -> tuple[dict[str, np.ndarray], dict]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"Expected a metabridge checkpoint (format {FORMAT}) in {meta_path}. "
                               f"Received: format={meta.get('format') if isinstance(meta, dict) else None!r}")
+    required = {"tensors": str, "bytes": int, "sha256": str, "step": int}
+    bad = [k for k, t in required.items() if not isinstance(meta.get(k), t)]
+    if bad:
+        raise CheckpointError(f"Expected {', '.join(bad)} in the checkpoint metadata {meta_path}. "
+                              f"Received: {', '.join(f'{k}={meta.get(k)!r}' for k in bad)}")
+    if os.path.basename(meta["tensors"]) != meta["tensors"]:
+        raise CheckpointError(f"Expected a file name beside {meta_path}. Received: tensors={meta['tensors']!r}")
     tensor_path = os.path.join(os.path.dirname(meta_path), meta["tensors"])
     try:
         with open(tensor_path, "rb") as fh:

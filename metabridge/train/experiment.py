@@ -116,6 +116,15 @@ class ExperimentConfig:
             StepDecay(c.outer_lr, c.lr_decay_every, c.lr_decay)  # validates both
         if not isinstance(c.transductive, bool):
             raise ValueError(f"Expected transductive true or false. Received: transductive={c.transductive!r}")
+        if c.algo != "reptile" and not c.transductive:
+            raise ValueError(f"Expected transductive = true for {c.algo} (the option is Reptile's). "
+                             f"Received: transductive=False")
+        if c.algo == "reptile" and c.lr_decay_every is not None:
+            raise ValueError("Expected no lr_decay_every for reptile (its outer step size is annealed linearly "
+                             f"from 1 to 0 instead). Received: lr_decay_every={c.lr_decay_every}")
+        if c.algo in ("siamese", "protonet", "matching") and c.test_inner_steps != c.inner_steps:
+            raise ValueError(f"Expected no test_inner_steps for {c.algo} (it has no inner loop). "
+                             f"Received: test_inner_steps={c.test_inner_steps}")
         for name in ("inner_lr", "outer_lr"):
             value = getattr(c, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -168,10 +177,13 @@ def siamese_encoder(input_shape: tuple):
 class _Setup:
     """The model, algorithm and samplers a resolved config describes."""
 
-    def __init__(self, c: ExperimentConfig):
+    def __init__(self, c: ExperimentConfig, input_shape: tuple | None = None):
+        """With ``input_shape`` no data is loaded (``sources`` is None): enough to
+        rebuild the model, e.g. to export a checkpoint without the data set."""
         self.c = c
-        self.sources = build_sources(c)
-        shape = self.sources.input_shape
+        self.sources = build_sources(c) if input_shape is None else None
+        shape = tuple(input_shape) if input_shape is not None else self.sources.input_shape
+        self.input_shape = shape
         self.flatten = c.dataset == "digits" and c.algo != "siamese"
         if c.algo == "siamese":
             self.algorithm = Siamese(siamese_encoder(shape), c.distance, c.siamese_loss)
@@ -207,21 +219,28 @@ class _Setup:
             return self.algorithm.init(seed)
         return self.model.init(seed)
 
+    def train_batch(self, step: int) -> TaskBatch:
+        """Meta-batch ``step`` of training episodes, shaped for the model."""
+        batch = self.sources.train.batch(step, self.c.meta_batch)
+        return _flat(batch) if self.flatten else batch
+
     def train_step_loss_and_grad(self, params, step):
-        c = self.c
-        if c.algo == "siamese":
+        """``(meta-loss, meta-gradient)`` of training step ``step`` (a function of ``(seed, step)``)."""
+        if self.c.algo == "siamese":
             return self.algorithm.value_and_grad(params, *self.sources.train_pairs.batch(step))
-        batch = self.sources.train.batch(step, c.meta_batch)
-        return self.algorithm.meta_value_and_grad(params, _flat(batch) if self.flatten else batch)
+        return self.algorithm.meta_value_and_grad(params, self.train_batch(step))
 
     @property
     def metric_name(self) -> str:
         return "accuracy" if self.c.dataset != "sinusoid" else "mse"
 
-    def evaluate(self, params, episodes: int | None = None, offset: int = 0) -> tuple[str, np.ndarray]:
+    def evaluate(self, params, episodes: int | None = None, offset: int = 0,
+                 validation: bool = False) -> tuple[str, np.ndarray]:
         """Per-episode test metric over test episodes ``offset .. offset + episodes - 1``
-        (default: the config's ``test_tasks`` from 0)."""
-        c, test = self.c, self.sources.test
+        (default: the config's ``test_tasks`` from 0); ``validation=True`` samples
+        the validation classes instead where the data set has them."""
+        c = self.c
+        test = self.sources.val if validation and self.sources.val is not None else self.sources.test
         episodes = c.test_tasks if episodes is None else episodes
         if c.algo == "siamese":
             accs = [self.algorithm.one_shot_accuracy(params, test.episode(offset + i)) for i in range(episodes)]

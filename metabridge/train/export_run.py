@@ -39,7 +39,7 @@ def export_run(path: str, to: str, output: str) -> str:
     config.set_floatx(c.floatx)
     try:
         with config.use_backend(run.backend):
-            setup = _Setup(c)
+            setup = _Setup(c, input_shape=run.input_shape)  # no data needed when the run recorded its shape
             model = getattr(setup.model, "encoder", setup.model)
             names = set(model.param_shapes())
             own = {k: v for k, v in params.items() if k in names}

@@ -29,7 +29,7 @@ from metabridge.train.checkpoint import (
 )
 from metabridge.train.evaluation import mean_ci95
 from metabridge.train.experiment import ExperimentConfig, RunResult, _Setup
-from metabridge.train.run_dir import RunDir, write_json_atomic
+from metabridge.train.run_dir import RunDir, RunOptions, write_json_atomic
 
 VALIDATION_OFFSET = 1_000_000  # validation episodes never coincide with the final test episodes
 
@@ -53,8 +53,8 @@ def check_compatible(setup_params: dict, saved: dict, where: str) -> None:
 
 
 def _all_finite(tensors: dict) -> bool:
-    """One reduction: a NaN or inf anywhere makes the total non-finite."""
-    total = sum(ops.sum(t) for t in tensors.values())
+    """True when no tensor holds a NaN or inf (``sum(t * 0)`` is 0 exactly then, and cannot overflow)."""
+    total = sum(ops.sum(t * 0.0) for t in tensors.values())
     return math.isfinite(float(ops.to_numpy(total)))
 
 
@@ -64,54 +64,91 @@ def _checkpoint_tensors(params: dict, opt_state: dict) -> dict:
     return out
 
 
-def _tensorboard(run: RunDir | None):
+def _tensorboard(run: RunDir | None, kept: list[dict]):
+    """A fresh event file holding exactly the kept metric lines (older files of
+    the run are replaced, so a resumed run's curves do not overlap)."""
     if run is None or not run.options.tensorboard:
         return None
+    import glob
     import os
 
     from metabridge.train.tensorboard import EventWriter
 
-    return EventWriter(os.path.join(run.path, "tb"))
+    logdir = os.path.join(run.path, "tb")
+    for old in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        os.unlink(old)
+    writer = EventWriter(logdir)
+    for record in kept:
+        for key, value in record.items():
+            if key not in ("step", "seconds") and not key.endswith("ci95"):
+                writer.scalar(_tb_tag(key), value, record["step"])
+    return writer
 
 
-def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet: bool = False) -> RunResult:
+def _tb_tag(key: str) -> str:
+    return "train/loss" if key == "loss" else key.replace("_", "/", 1)
+
+
+def _check_run_matches(run: RunDir, c: ExperimentConfig, backend: str) -> None:
+    if c != run.config.resolved() or config.canonical_backend_name(backend) != run.backend:
+        raise ValueError(f"Expected the config and backend recorded in {run.path} (use resume()). "
+                         f"Received: a different config or backend={backend!r}")
+
+
+def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet: bool = False, *,
+          run_dir: str | None = None, options: RunOptions | None = None) -> RunResult:
     """Train ``cfg`` on ``backend`` and evaluate on its test episodes.
 
-    With ``run`` (a :class:`RunDir`), steps are logged to its metrics.jsonl,
-    checkpoints are written every ``run.options.checkpoint_every`` steps, and
-    training starts from the newest valid checkpoint if there is one.
+    ``run_dir`` (with ``options``) records a new run there: steps go to
+    metrics.jsonl, checkpoints are written every ``options.checkpoint_every``
+    steps. The directory is created only once the data and model are built, so
+    a bad path or data set leaves nothing behind. ``run`` (an existing
+    :class:`RunDir`, of this config and backend) continues from its newest
+    valid checkpoint, as :func:`resume` does.
+
+    >>> res = train(ExperimentConfig(steps=20), "torch", run_dir="runs/a",
+    ...             options=RunOptions(checkpoint_every=5))    # doctest: +SKIP
     """
     c = cfg.resolved()
+    if run is not None and run_dir is not None:
+        raise ValueError(f"Expected run or run_dir, not both. Received: run={run.path!r}, run_dir={run_dir!r}")
+    if run is not None:
+        _check_run_matches(run, c, backend)
+    if run_dir is not None:
+        RunDir.check_new(run_dir)
+        options = (options or RunOptions()).checked()
     previous_floatx = config.floatx()
     config.set_floatx(c.floatx)
+    tb = None
     try:
         with config.use_backend(backend) as name:
             setup = _Setup(c)
+            if run_dir is not None:
+                run = RunDir.create(run_dir, c, options, name, input_shape=setup.input_shape)
             init = setup.init_params(c.seed)
             opt = _optimizer(c)
             params = {k: ops.asarray(v) for k, v in init.items()}
             state = opt.init(params)
-            start, elapsed_before, losses = 0, 0.0, []
+            start, elapsed_before, kept = 0, 0.0, []
             if run is not None:
                 remove_stale_temporaries(run.checkpoints)
-            saved = load_latest(run.checkpoints) if run is not None else None
-            if saved is not None:
-                tensors, meta = saved
-                p, slots, _ = split_tensors(tensors)
-                check_compatible(init, p, run.checkpoints)
-                params = {k: ops.asarray(p[k]) for k in init}
-                state = {"step": int(meta["opt_step"]), **{k: ops.asarray(v) for k, v in slots.items()}}
-                start, elapsed_before = int(meta["step"]), float(meta.get("seconds", 0.0))
-                losses = [r["loss"] for r in run.truncate_metrics(start) if "loss" in r]
-            elif run is not None:
-                run.truncate_metrics(0)
-            tb = _tensorboard(run)
+                saved = load_latest(run.checkpoints)
+                if saved is not None:
+                    tensors, meta = saved
+                    p, slots, _ = split_tensors(tensors)
+                    check_compatible(init, p, run.checkpoints)
+                    params = {k: ops.asarray(p[k]) for k in init}
+                    state = {"step": int(meta["opt_step"]), **{k: ops.asarray(v) for k, v in slots.items()}}
+                    start, elapsed_before = int(meta["step"]), float(meta.get("seconds", 0.0))
+                kept = run.truncate_metrics(start)
+                tb = _tensorboard(run, kept)
+            losses = [r["loss"] for r in kept if "loss" in r]
+            monitor = "val_" if setup.sources.val is not None else "monitor_"
             bar = progress(range(start, c.steps), c.steps - start, f"{c.algo}/{c.dataset} [{name}]", quiet)
             t0, pending, postfix = time.perf_counter(), [], {}
             for step in bar:
                 if c.algo == "reptile":  # its outer update is not a gradient step
-                    new_params, value = setup.algorithm.meta_step(params, setup.sources.train.batch(step, c.meta_batch),
-                                                                  step)
+                    new_params, value = setup.algorithm.meta_step(params, setup.train_batch(step), step)
                     new_state, bad = state, None if math.isfinite(value) else f"meta-loss {value}"
                 else:
                     loss, grads = setup.train_step_loss_and_grad(params, step)
@@ -129,16 +166,20 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 params, state = new_params, new_state
                 losses.append(value)
                 seconds = elapsed_before + time.perf_counter() - t0
-                pending.append({"step": step, "loss": value, "seconds": round(seconds, 4)})
-                if tb is not None:
-                    tb.scalar("train/loss", value, step)
+                records = [{"step": step, "loss": value, "seconds": round(seconds, 4)}]
                 if run is not None and run.options.eval_every and (step + 1) % run.options.eval_every == 0:
-                    values = setup.evaluate(params, episodes=run.options.eval_episodes, offset=VALIDATION_OFFSET)[1]
+                    offset = 0 if monitor == "val_" else VALIDATION_OFFSET
+                    values = setup.evaluate(params, episodes=run.options.eval_episodes, offset=offset,
+                                            validation=True)[1]
                     mean, ci = mean_ci95(values)
-                    pending.append({"step": step, "val_" + setup.metric_name: mean, "val_ci95": ci})
-                    postfix["val_" + setup.metric_name] = f"{mean:.4f}"
-                    if tb is not None:
-                        tb.scalar("val/" + setup.metric_name, mean, step)
+                    records.append({"step": step, monitor + setup.metric_name: mean, monitor + "ci95": ci})
+                    postfix[monitor + setup.metric_name] = f"{mean:.4f}"
+                pending.extend(records)
+                if tb is not None:
+                    for record in records:
+                        for key, v in record.items():
+                            if key not in ("step", "seconds") and not key.endswith("ci95"):
+                                tb.scalar(_tb_tag(key), v, step)
                 if step % 10 == 0:
                     postfix["loss"] = f"{value:.4f}"
                     bar.set_postfix(postfix)
@@ -146,14 +187,14 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 if run is not None and (done % run.options.checkpoint_every == 0 or done == c.steps):
                     run.append_metrics(pending)
                     pending = []
+                    if tb is not None:
+                        tb.flush()
                     meta = {"opt_step": int(state["step"]), "seconds": seconds, "backend": name,
                             "floatx": c.floatx, "algo": c.algo}
                     save_checkpoint(run.checkpoints, done, _checkpoint_tensors(params, state), meta,
                                     keep=run.options.keep)
             if run is not None:
                 run.append_metrics(pending)
-            if tb is not None:
-                tb.close()
             trained_steps = max(c.steps - start, 1)
             seconds_per_step = (time.perf_counter() - t0) / trained_steps
             metric_name, values = setup.evaluate(params)
@@ -167,6 +208,8 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                                                     "final_loss": losses[-1] if losses else None})
             return result
     finally:
+        if tb is not None:
+            tb.close()
         config.set_floatx(previous_floatx)
 
 

@@ -21,6 +21,10 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
 
 
+def _is_monitor(key: str) -> bool:
+    return key.startswith(("val_", "monitor_")) and not key.endswith("ci95")
+
+
 def plot_runs(paths: list[str], output: str, smooth: int = 20) -> str:
     """Training loss (smoothed over ``smooth`` steps) and, where logged, validation
     metric of each run, overlaid; written atomically to ``output``."""
@@ -36,7 +40,7 @@ def plot_runs(paths: list[str], output: str, smooth: int = 20) -> str:
         raise ValueError(f"Expected smooth >= 1. Received: smooth={smooth!r}")
     runs = [RunDir.open(p) for p in paths]
     curves = [(r, r.read_metrics()) for r in runs]
-    has_val = any(any(k.startswith("val_") and k != "val_ci95" for k in m) for _, ms in curves for m in ms)
+    has_val = any(any(_is_monitor(k) for k in m) for _, ms in curves for m in ms)
     fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(10 if has_val else 6, 4), squeeze=False)
     for run, metrics in curves:
         label = f"{os.path.basename(os.path.normpath(run.path))} ({run.config.algo}, {run.backend})"
@@ -46,7 +50,7 @@ def plot_runs(paths: list[str], output: str, smooth: int = 20) -> str:
         loss = np.array([m["loss"] for m in metrics if "loss" in m])
         axes[0, 0].plot(steps, _smooth(loss, smooth), label=label)
         if has_val:
-            val = [(m["step"], v) for m in metrics for k, v in m.items() if k.startswith("val_") and k != "val_ci95"]
+            val = [(m["step"], v) for m in metrics for k, v in m.items() if _is_monitor(k)]
             if val:
                 s, v = zip(*val)
                 axes[0, 1].plot(s, v, marker="o", label=label)

@@ -44,6 +44,7 @@ class RunOptions:
     tensorboard: bool = False
 
     def checked(self) -> "RunOptions":
+        """This object, after checking every field (a clear error names the bad one)."""
         for name, low in (("checkpoint_every", 1), ("keep", 1), ("eval_every", 0), ("eval_episodes", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -84,10 +85,18 @@ class RunDir:
 
         self.path = path
         self.record = record
+        where = os.path.join(path, "config.json")
         known = {f.name for f in dataclasses.fields(ExperimentConfig)}
-        self.config = ExperimentConfig(**{k: v for k, v in record["config"].items() if k in known})
-        self.options = RunOptions(**record.get("run", {}))
+        options = {f.name for f in dataclasses.fields(RunOptions)}
+        for section, allowed in (("config", known), ("run", options)):
+            unknown = sorted(set(record.get(section, {})) - allowed)
+            if unknown:
+                raise ValueError(f"Expected only known {section} keys in {where} (written by another metabridge "
+                                 f"version?). Received: unknown keys {unknown}")
+        self.config = ExperimentConfig(**record["config"])
+        self.options = RunOptions(**record.get("run", {})).checked()
         self.backend: str = record["backend"]
+        self.input_shape: tuple | None = tuple(record["input_shape"]) if record.get("input_shape") else None
 
     # ---- paths --------------------------------------------------------------------------
     @property
@@ -103,17 +112,25 @@ class RunDir:
         return os.path.join(self.path, "result.json")
 
     # ---- create / open ------------------------------------------------------------------
-    @classmethod
-    def create(cls, path: str, config, options: RunOptions, backend: str) -> "RunDir":
-        """Make a new run directory (an existing run directory is never overwritten)."""
+    @staticmethod
+    def check_new(path: str) -> None:
+        """Raise unless ``path`` can hold a new run (an existing run is never overwritten)."""
         if os.path.exists(os.path.join(path, "config.json")):
             raise ValueError(f"Expected a new run directory (use `metabridge resume {path}` to continue). "
                              f"Received: {path} already holds a run")
-        if os.path.isfile(path):
+        if os.path.exists(path) and not os.path.isdir(path):
             raise ValueError(f"Expected a directory for the run. Received: {path} is a file")
+
+    @classmethod
+    def create(cls, path: str, config, options: RunOptions, backend: str,
+               input_shape: tuple | None = None) -> "RunDir":
+        """Make a new run directory for a resolved config (``input_shape``: the
+        model's, recorded so the model can be rebuilt without the data)."""
+        cls.check_new(path)
         os.makedirs(path, exist_ok=True)
         record = {"metabridge_run": RUN_FORMAT, "config": dataclasses.asdict(config),
                   "run": dataclasses.asdict(options.checked()), "backend": backend,
+                  "input_shape": list(input_shape) if input_shape is not None else None,
                   "versions": _versions(backend), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(os.path.join(path, "config.json"), record)
         return cls(path, record)

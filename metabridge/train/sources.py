@@ -33,6 +33,7 @@ class Sources:
     train: Any = None
     train_pairs: PairSampler | None = None
     test: Any = None
+    val: Any = None
     describe: dict | None = None
 
 
@@ -95,6 +96,10 @@ def _omniglot_sources(c, siamese: bool) -> Sources:
         data = Omniglot(root, "evaluation", **load)
     test = omniglot_split(data, c.split, "test", rotations=c.rotations)
     describe = {"train": train.describe(), "test": test.describe(), "image_size": size}
+    val = None
+    if c.split == "vinyals":  # Lake's split has no validation characters
+        val_part = omniglot_split(data, c.split, "val", rotations=c.rotations)
+        val = FastEpisodeSampler(val_part, c.test_ways, c.test_shots, c.queries, seed=c.seed + 2)
     return Sources((size, size, 1), train=FastEpisodeSampler(train, c.ways, c.shots, c.queries, c.seed),
                    test=FastEpisodeSampler(test, c.test_ways, c.test_shots, c.queries, seed=c.seed + 1),
-                   describe=describe)
+                   val=val, describe=describe)

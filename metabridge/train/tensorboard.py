@@ -95,6 +95,7 @@ class EventWriter:
         self._fh.write(_record(_event(time.time(), int(step), tag=tag, value=float(value))))
 
     def flush(self) -> None:
+        """Push buffered events to the file."""
         self._fh.flush()
 
     def close(self) -> None:

@@ -81,6 +81,9 @@ def grad_of_loss_tensor(loss, params: dict, create_graph: bool = False) -> dict:
     inputs = list(params.values())
     grads = torch.autograd.grad(loss, inputs, create_graph=create_graph,
                                 retain_graph=create_graph or _depth.get() > 0, allow_unused=True)
+    if all(g is None for g in grads):  # e.g. a stale loss, or one computed from other parameters
+        raise ValueError("Expected a loss computed from these parameters (the learner's current ones). "
+                         "Received: a loss that uses none of them")
     return {k: (torch.zeros_like(t) if g is None else g) for (k, t), g in zip(params.items(), grads)}
 
 
