@@ -182,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from metabridge.train.evaluation import evaluate_run
 
     backend = _backends(args.backend)[0] if args.backend else None
-    out = evaluate_run(args.run_dir, backend=backend, episodes=args.episodes)
+    out = evaluate_run(args.run_dir, backend=backend, episodes=args.episodes, floatx=args.floatx)
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--backend", help="torch or tf (default: the backend that trained it)")
     ev.add_argument("--episodes", type=int, help="test episodes (default: the run's test_tasks)")
+    ev.add_argument("--floatx", choices=config.FLOATX_CHOICES, help="evaluate in this precision (default: the run's)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_eval)
     plot = sub.add_parser("plot", help="learning curves of one or more runs (needs the 'plot' extra)")

@@ -19,10 +19,12 @@ def mean_ci95(values) -> tuple[float, float]:
     return float(arr.mean()), float(1.96 * arr.std(ddof=1) / np.sqrt(arr.size))
 
 
-def evaluate_run(path: str, backend: str | None = None, episodes: int | None = None) -> dict:
+def evaluate_run(path: str, backend: str | None = None, episodes: int | None = None,
+                 floatx: str | None = None) -> dict:
     """Evaluate a run directory's newest valid checkpoint on ``backend`` (default:
     the backend that trained it) over its test episodes; any backend reads any
-    checkpoint.
+    checkpoint. ``floatx="float64"`` evaluates float32 weights in float64 (then
+    near-ties between classes resolve the same way on every backend).
 
     >>> evaluate_run("runs/protonet", backend="tf", episodes=600)["metric"]   # doctest: +SKIP
     0.9741
@@ -33,8 +35,14 @@ def evaluate_run(path: str, backend: str | None = None, episodes: int | None = N
     from metabridge.train.loop import check_compatible
     from metabridge.train.run_dir import RunDir
 
+    import dataclasses
+
     run = RunDir.open(path)
     c = run.config.resolved()
+    if floatx is not None:
+        if floatx not in config.FLOATX_CHOICES:
+            raise ValueError(f"Expected floatx in {config.FLOATX_CHOICES}. Received: floatx={floatx!r}")
+        c = dataclasses.replace(c, floatx=floatx)
     if episodes is not None and (not isinstance(episodes, int) or episodes < 1):
         raise ValueError(f"Expected episodes >= 1. Received: episodes={episodes!r}")
     saved = load_latest(run.checkpoints)
@@ -53,5 +61,5 @@ def evaluate_run(path: str, backend: str | None = None, episodes: int | None = N
     finally:
         config.set_floatx(previous)
     mean, ci = mean_ci95(values)
-    return {"run": path, "backend": name, "trained_on": meta.get("backend"), "step": meta["step"],
+    return {"run": path, "backend": name, "trained_on": meta.get("backend"), "step": meta["step"], "floatx": c.floatx,
             "metric_name": metric, "metric": mean, "metric_ci95": ci, "episodes": int(values.size)}

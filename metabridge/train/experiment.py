@@ -230,6 +230,24 @@ class _Setup:
             return self.algorithm.value_and_grad(params, *self.sources.train_pairs.batch(step))
         return self.algorithm.meta_value_and_grad(params, self.train_batch(step))
 
+    def predict(self, params, episode) -> np.ndarray:
+        """Query predictions (logits, or regression outputs) of one test episode,
+        after adaptation where the algorithm adapts."""
+        from metabridge import ops
+
+        c, alg = self.c, self.algorithm
+        batch = TaskBatch.stack([episode])
+        batch = _flat(batch) if self.flatten else batch
+        sx, sy, qx = (ops.asarray(a[0]) for a in (batch.support_x, batch.support_y, batch.query_x))
+        if c.algo == "siamese":
+            raise ValueError("Expected an episodic algorithm for predict (Siamese scores pairs). Received: siamese")
+        if c.algo in ("protonet", "matching"):
+            return ops.to_numpy(alg.logits(params, sx, sy, qx, c.test_ways))
+        if c.algo == "reptile":
+            return ops.to_numpy(alg.predict(alg.adapt(params, sx, sy, c.test_inner_steps), sx, qx))
+        adapted = alg.adapt(params, sx, sy, steps=c.test_inner_steps, create_graph=False)
+        return ops.to_numpy(self.model(adapted, qx))
+
     @property
     def metric_name(self) -> str:
         return "accuracy" if self.c.dataset != "sinusoid" else "mse"

@@ -56,7 +56,8 @@ def plot_runs(paths: list[str], output: str, smooth: int = 20) -> str:
                 axes[0, 1].plot(s, v, marker="o", label=label)
     axes[0, 0].set(xlabel="meta-training step", ylabel=f"training loss (moving average, {smooth} steps)")
     if has_val:
-        axes[0, 1].set(xlabel="meta-training step", ylabel="validation metric")
+        keys = sorted({k for _, ms in curves for m in ms for k in m if _is_monitor(k)})
+        axes[0, 1].set(xlabel="meta-training step", ylabel=" / ".join(keys))
     for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
