@@ -38,6 +38,10 @@ PUBLISHED = {
     ("protonet", 20, 1): "96.0 (Snell et al. 2017, Table 1, trained 60-way)",
     ("matching", 5, 1): "98.1 (Vinyals et al. 2016, Table 1)",
     ("matching", 20, 1): "93.8 (Vinyals et al. 2016, Table 1)",
+    ("metasgd", 5, 1): "99.53 ± 0.26 (Li et al. 2017, Table 2)",
+    ("metasgd", 20, 1): "95.93 ± 0.38 (Li et al. 2017, Table 2)",
+    ("anil", 5, 1): "not reported (Raghu et al. 2020 give Omniglot 20-way only)",
+    ("anil", 20, 1): "96.2 ± 0.5 (Raghu et al. 2020, Table 2; ± is std over 3 seeds)",
     ("reptile", 5, 1): "97.68 ± 0.04 transductive (Nichol et al. 2018, Table 1)",
     ("reptile", 20, 1): "89.43 ± 0.14 transductive (Nichol et al. 2018, Table 1)",
 }
