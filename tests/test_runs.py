@@ -432,3 +432,12 @@ def test_export_command_writes_native_models_that_predict_like_metabridge(tmp_pa
     capsys.readouterr()
     assert main(["export", str(run), "--to", "keras", "-o", str(tmp_path / "m.h5")]) == 2
     assert "Expected an output file ending in .keras for --to keras. Received:" in capsys.readouterr().err
+
+
+def test_the_readme_experiment_file_is_valid():
+    from metabridge.train.config_file import load_config_file, split_values
+
+    path = os.path.join(ROOT, "examples", "protonet_omniglot.toml")
+    cfg, run = split_values(load_config_file(path), path)
+    assert (cfg.algo, cfg.dataset, cfg.ways, cfg.steps, cfg.lr_decay_every) == ("protonet", "omniglot", 5, 300, 150)
+    assert run == {"checkpoint_every": 25, "keep": 3, "eval_every": 25, "eval_episodes": 100}
