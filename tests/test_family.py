@@ -257,3 +257,17 @@ def test_bad_experiment_fields_are_named(fields, message):
 def test_reptile_transductive_must_be_a_bool():
     with pytest.raises(ValueError, match="Expected transductive True or False. Received: transductive='yes'"):
         Reptile(MLP([1, 1]), 0.1, transductive="yes")
+
+
+def test_reptile_compiled_matches_eager(backend, float64):
+    # SGD inner loop: Adam's first step (beta1 = 0) is lr * g / (|g| + eps), which turns
+    # rounding-level differences of tiny gradient entries into lr / eps ~ 1e6 times
+    # larger ones, whatever the compiler; the compiled loop itself is the same code.
+    reptile, params, batch = _reptile_bn_setup(transductive=True)
+    fast = Reptile(reptile.model, 0.01, 2, compiled=True)
+    slow = Reptile(reptile.model, 0.01, 2)
+    for alg in (fast, slow):
+        alg.new, _ = alg.meta_step(params, batch, 0)
+        alg.out = alg.evaluate(params, batch, steps=3)["loss"]
+    assert rel_diff(flat(fast.new), flat(slow.new)) < 1e-12
+    assert rel_diff(fast.out, slow.out) < 1e-12

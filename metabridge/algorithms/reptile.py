@@ -27,7 +27,8 @@ class Reptile:
 
     def __init__(self, model: Model, inner_lr: float, inner_steps: int = 5, loss="cross_entropy",
                  outer_stepsize: float = 0.1, final_outer_stepsize: float | None = None,
-                 total_steps: int = 1, inner_optimizer: str = "sgd", transductive: bool = True):
+                 total_steps: int = 1, inner_optimizer: str = "sgd", transductive: bool = True,
+                 compiled: bool = False):
         if not isinstance(model, Model):
             raise ValueError(f"Expected a metabridge.nn.Model. Received: model={type(model).__name__}")
         if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
@@ -44,6 +45,8 @@ class Reptile:
         if not isinstance(transductive, bool):
             raise ValueError(f"Expected transductive True or False. Received: transductive={transductive!r}")
         self.inner_optimizer, self.transductive = inner_optimizer, transductive
+        self.compiled = bool(compiled)
+        self._compiled_fns: dict[tuple, object] = {}
         self.loss_fn, self.loss_name = resolve_loss(loss)
 
     def epsilon(self, step: int) -> float:
@@ -55,10 +58,24 @@ class Reptile:
         return self.loss_fn(self.model(params, x), y)
 
     def adapt(self, params: dict, support_x, support_y, steps: int | None = None) -> dict:
-        """``steps`` optimiser steps on the support set (full batch), gradients stopped."""
+        """``steps`` optimiser steps on the support set (full batch), gradients stopped.
+
+        With ``compiled=True`` the whole loop runs through the backend's compiler
+        (one ``tf.function`` per step count and input shape on TensorFlow)."""
         steps = self.inner_steps if steps is None else steps
-        opt = SGD(self.inner_lr) if self.inner_optimizer == "sgd" else Adam(self.inner_lr, beta1=0.0)
         params = {k: ops.asarray(v) for k, v in params.items()}
+        support_x, support_y = ops.asarray(support_x), ops.asarray(support_y)
+        if not self.compiled:
+            return self._adapt(params, support_x, support_y, steps)
+        from metabridge.config import floatx, get_backend
+
+        key = (get_backend(), floatx(), steps)
+        if key not in self._compiled_fns:
+            self._compiled_fns[key] = ops.compile_function(lambda p, x, y: self._adapt(p, x, y, steps))
+        return self._compiled_fns[key](params, support_x, support_y)
+
+    def _adapt(self, params: dict, support_x, support_y, steps: int) -> dict:
+        opt = SGD(self.inner_lr) if self.inner_optimizer == "sgd" else Adam(self.inner_lr, beta1=0.0)
         state = opt.init(params)
         grad_fn = ops.value_and_grad(self.inner_loss)
         for _ in range(steps):

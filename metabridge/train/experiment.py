@@ -207,7 +207,7 @@ class _Setup:
         if c.algo == "reptile":  # the paper's Omniglot set-up: Adam (beta1 = 0) inner loop, epsilon 1 -> 0
             self.algorithm = Reptile(self.model, c.inner_lr, c.inner_steps, loss=loss, outer_stepsize=1.0,
                                      final_outer_stepsize=0.0, total_steps=c.steps, inner_optimizer="adam",
-                                     transductive=c.transductive)
+                                     transductive=c.transductive, compiled=c.compiled)
             return
         kind = {"metasgd": MetaSGD, "anil": ANIL}.get(c.algo, MAML)
         self.algorithm = kind(self.model, c.inner_lr, c.inner_steps, first_order=c.algo == "fomaml", loss=loss,
