@@ -345,6 +345,8 @@ def test_checkpoint_from_one_backend_evaluates_identically_on_the_other(tmp_path
         results = {b: evaluate_run(path, backend=b) for b in both_backends}
         assert results["torch"]["metric"] == results["tensorflow"]["metric"]
         assert results["torch"]["trained_on"] == trained_on and results["tensorflow"]["episodes"] == 60
+        wide = {b: evaluate_run(path, backend=b, floatx="float64") for b in both_backends}
+        assert wide["torch"]["metric"] == wide["tensorflow"]["metric"] and wide["torch"]["floatx"] == "float64"
         params, _, _ = split_tensors(load_latest(run.checkpoints)[0])
         logits = {}
         for b in both_backends:
