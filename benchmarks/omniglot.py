@@ -104,7 +104,8 @@ def cmd_table(args) -> int:
         ways, shots = c.get("test_ways") or c["ways"], c.get("test_shots") or c["shots"]
         trained = [f"{c['ways']}-way {c['shots']}-shot"] if (ways, shots) != (c["ways"], c["shots"]) else []
         if c["algo"] in ("maml", "fomaml", "metasgd", "anil", "reptile"):
-            trained.append(f"{c['inner_steps']} inner steps (test {c.get('test_inner_steps') or c['inner_steps']})")
+            n = c["inner_steps"]
+            trained.append(f"{n} inner step{'s' if n != 1 else ''} (test {c.get('test_inner_steps') or n})")
         if c.get("lr_decay_every"):
             trained.append(f"lr ×{c['lr_decay']} every {c['lr_decay_every']}")
         if c["algo"] == "reptile":
