@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main() -> int:
     from metabridge import config, ops
-    from metabridge.train.checkpoint import load_latest, split_tensors
+    from metabridge.train.checkpoint import latest_params
     from metabridge.train.experiment import _Setup
     from metabridge.train.run_dir import RunDir
 
@@ -36,8 +36,7 @@ def main() -> int:
     c = run.config.resolved()
     if args.floatx:
         c = dataclasses.replace(c, floatx=args.floatx)
-    tensors, meta = load_latest(run.checkpoints)
-    params, _, _ = split_tensors(tensors)
+    params, meta = latest_params(run.checkpoints)
     preds, labels = {}, None
     config.set_floatx(c.floatx)
     for backend in ("torch", "tensorflow"):

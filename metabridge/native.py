@@ -212,6 +212,11 @@ def wrap(module_or_model, eval_bn: str = "batch", *, input_shape=None,
         hint = "" if owner is None else f" matching the active backend ({active!r} wraps {_WRAPS[active]})"
         raise ValueError(f"Expected a torch.nn.Module or a Keras model{hint}. "
                          f"Received: {type(module_or_model).__name__}")
+    if input_shape is not None and (not isinstance(input_shape, (tuple, list)) or not input_shape
+                                    or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                               for d in input_shape)):
+        raise ValueError(f"Expected input_shape to be a tuple of positive ints (no batch axis). "
+                         f"Received: input_shape={input_shape!r}")
     return NativeModel(native.Adapter(module_or_model, input_shape, head), eval_bn, active)
 
 

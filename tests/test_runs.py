@@ -443,3 +443,13 @@ def test_the_readme_experiment_file_is_valid():
     cfg, run = split_values(load_config_file(path), path)
     assert (cfg.algo, cfg.dataset, cfg.ways, cfg.steps, cfg.lr_decay_every) == ("protonet", "omniglot", 5, 300, 150)
     assert run == {"checkpoint_every": 25, "keep": 3, "eval_every": 25, "eval_episodes": 100}
+
+
+def test_run_without_a_valid_checkpoint_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *_cli_sin(), "--run-dir", str(run)]) == 0
+    shutil.rmtree(run / "checkpoints")
+    capsys.readouterr()
+    for argv in (["eval", str(run)], ["export", str(run), "--to", "torch", "-o", str(tmp_path / "m.pt")]):
+        assert main(argv) == 2
+        assert "Expected at least one valid checkpoint in" in capsys.readouterr().err

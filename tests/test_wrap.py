@@ -309,6 +309,9 @@ def test_wrap_rejects_what_it_cannot_run(backend):
     expect_value_error(lambda: mb.wrap(t.net, eval_bn="moving"), "eval_bn", "Received: eval_bn='moving'")
     expect_value_error(lambda: mb.wrap(t.net, head="nope"), "Received: head='nope'")
     expect_value_error(lambda: mb.wrap(t.net, input_shape=(5,)), "input_shape", "Received: input_shape=(5,)")
+    for bad in ((), (3, 0), (3.0,), "3"):
+        expect_value_error(lambda: mb.wrap(t.net, input_shape=bad),
+                           "Expected input_shape to be a tuple of positive ints", f"Received: input_shape={bad!r}")
     wrapped = mb.wrap(t.net)
     expect_value_error(lambda: wrapped(wrapped.init(0), np.zeros((2, 5))), "(batch, 3)", "x.shape=(2, 5)")
     expect_value_error(lambda: ANIL(wrapped, 0.1), "with a head")

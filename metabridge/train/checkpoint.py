@@ -146,6 +146,15 @@ def load_latest(directory: str) -> tuple[dict[str, np.ndarray], dict] | None:
     return None
 
 
+def latest_params(directory: str) -> tuple[dict[str, np.ndarray], dict]:
+    """``(parameters, metadata)`` of the newest valid checkpoint; a clear error when there is none."""
+    saved = load_latest(directory)
+    if saved is None:
+        raise CheckpointError(f"Expected at least one valid checkpoint in {directory}. Received: none")
+    params, _, _ = split_tensors(saved[0])
+    return params, saved[1]
+
+
 def split_tensors(tensors: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
     """``(params, optimizer slots, model state)`` from a checkpoint's flat tensor dict."""
     out: tuple[dict, dict, dict] = ({}, {}, {})

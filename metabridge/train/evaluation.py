@@ -29,13 +29,13 @@ def evaluate_run(path: str, backend: str | None = None, episodes: int | None = N
     >>> evaluate_run("runs/protonet", backend="tf", episodes=600)["metric"]   # doctest: +SKIP
     0.9741
     """
+    import dataclasses
+
     from metabridge import config, ops
-    from metabridge.train.checkpoint import CheckpointError, load_latest, split_tensors
+    from metabridge.train.checkpoint import latest_params
     from metabridge.train.experiment import _Setup
     from metabridge.train.loop import check_compatible
     from metabridge.train.run_dir import RunDir
-
-    import dataclasses
 
     run = RunDir.open(path)
     c = run.config.resolved()
@@ -45,11 +45,7 @@ def evaluate_run(path: str, backend: str | None = None, episodes: int | None = N
         c = dataclasses.replace(c, floatx=floatx)
     if episodes is not None and (not isinstance(episodes, int) or episodes < 1):
         raise ValueError(f"Expected episodes >= 1. Received: episodes={episodes!r}")
-    saved = load_latest(run.checkpoints)
-    if saved is None:
-        raise CheckpointError(f"Expected at least one valid checkpoint in {run.checkpoints}. Received: none")
-    tensors, meta = saved
-    params, _, _ = split_tensors(tensors)
+    params, meta = latest_params(run.checkpoints)
     previous = config.floatx()
     config.set_floatx(c.floatx)
     try:

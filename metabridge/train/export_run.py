@@ -12,7 +12,7 @@ statistics, as the meta-learned model was trained.
 from __future__ import annotations
 
 from metabridge import config
-from metabridge.train.checkpoint import CheckpointError, load_latest, split_tensors
+from metabridge.train.checkpoint import CheckpointError, latest_params
 from metabridge.train.run_dir import RunDir
 
 EXTENSIONS = {"torch": (".pt",), "keras": (".keras",)}
@@ -31,10 +31,7 @@ def export_run(path: str, to: str, output: str) -> str:
                          f"Received: {output}")
     run = RunDir.open(path)
     c = run.config.resolved()
-    saved = load_latest(run.checkpoints)
-    if saved is None:
-        raise CheckpointError(f"Expected at least one valid checkpoint in {run.checkpoints}. Received: none")
-    params, _, _ = split_tensors(saved[0])
+    params, _ = latest_params(run.checkpoints)
     previous = config.floatx()
     config.set_floatx(c.floatx)
     try:

@@ -78,15 +78,17 @@ def _tensorboard(run: RunDir | None, kept: list[dict]):
     for old in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
         os.unlink(old)
     writer = EventWriter(logdir)
-    for record in kept:
-        for key, value in record.items():
-            if key not in ("step", "seconds") and not key.endswith("ci95"):
-                writer.scalar(_tb_tag(key), value, record["step"])
+    _log_scalars(writer, kept)
     return writer
 
 
-def _tb_tag(key: str) -> str:
-    return "train/loss" if key == "loss" else key.replace("_", "/", 1)
+def _log_scalars(writer, records: list[dict]) -> None:
+    """The metric values of metrics.jsonl lines as TensorBoard scalars (``val_accuracy`` → ``val/accuracy``)."""
+    for record in records:
+        for key, value in record.items():
+            if key not in ("step", "seconds") and not key.endswith("ci95"):
+                tag = "train/loss" if key == "loss" else key.replace("_", "/", 1)
+                writer.scalar(tag, value, record["step"])
 
 
 def _check_run_matches(run: RunDir, c: ExperimentConfig, backend: str) -> None:
@@ -176,10 +178,7 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                     postfix[monitor + setup.metric_name] = f"{mean:.4f}"
                 pending.extend(records)
                 if tb is not None:
-                    for record in records:
-                        for key, v in record.items():
-                            if key not in ("step", "seconds") and not key.endswith("ci95"):
-                                tb.scalar(_tb_tag(key), v, step)
+                    _log_scalars(tb, records)
                 if step % 10 == 0:
                     postfix["loss"] = f"{value:.4f}"
                     bar.set_postfix(postfix)

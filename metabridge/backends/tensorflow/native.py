@@ -212,12 +212,8 @@ def _takes_training(layer) -> bool:
 
 
 def _input_shape(model: keras.Model, given) -> tuple[int, ...]:
-    """``given`` checked, or the model's own input shape when it has one."""
+    """``given`` (already checked by the front), or the model's own input shape when it has one."""
     if given is not None:
-        if (not isinstance(given, (tuple, list)) or not given
-                or not all(isinstance(s, int) and s > 0 for s in given)):
-            raise ValueError(f"Expected input_shape to be a tuple of positive ints (no batch axis). "
-                             f"Received: input_shape={given!r}")
         return tuple(given)
     try:
         inputs = model.inputs

@@ -208,12 +208,8 @@ def _submodule(module: nn.Module, name: str) -> nn.Module:
 
 
 def _input_shape(module: nn.Module, given) -> tuple[int, ...]:
-    """``given`` checked, or ``(in_features,)`` when the first layer is ``nn.Linear``."""
+    """``given`` (already checked by the front), or ``(in_features,)`` when the first layer is ``nn.Linear``."""
     if given is not None:
-        if (not isinstance(given, (tuple, list)) or not given
-                or not all(isinstance(s, int) and s > 0 for s in given)):
-            raise ValueError(f"Expected input_shape to be a tuple of positive ints (no batch axis). "
-                             f"Received: input_shape={given!r}")
         return tuple(given)
     for m in module.modules():
         if any(True for _ in m.parameters(recurse=False)):
