@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main() -> int:
     from metabridge import config, ops
     from metabridge.train.checkpoint import latest_params
-    from metabridge.train.experiment import _Setup
+    from metabridge.train.experiment import Experiment
     from metabridge.train.run_dir import RunDir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,13 +38,12 @@ def main() -> int:
         c = dataclasses.replace(c, floatx=args.floatx)
     params, meta = latest_params(run.checkpoints)
     preds, labels = {}, None
-    config.set_floatx(c.floatx)
     for backend in ("torch", "tensorflow"):
-        with config.use_backend(backend):
-            setup = _Setup(c)
+        with config.use_floatx(c.floatx), config.use_backend(backend):
+            experiment = Experiment(c)
             p = {k: ops.asarray(v) for k, v in params.items()}
-            episodes = [setup.sources.test.episode(i) for i in range(args.episodes)]
-            preds[backend] = [setup.predict(p, ep) for ep in episodes]
+            episodes = [experiment.sources.test.episode(i) for i in range(args.episodes)]
+            preds[backend] = [experiment.predict(p, ep) for ep in episodes]
             labels = [np.asarray(ep.query_y) for ep in episodes]
     a, b = preds["torch"], preds["tensorflow"]
     abs_diff = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))

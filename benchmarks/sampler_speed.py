@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 
 from metabridge.data import EpisodeSampler  # noqa: E402
 from metabridge.data.omniglot import Omniglot  # noqa: E402
-from metabridge.data.omniglot_splits import FastEpisodeSampler, omniglot_split  # noqa: E402
+from metabridge.data import FastEpisodeSampler, omniglot_split  # noqa: E402
 
 TARGET_MS = 5.0
 

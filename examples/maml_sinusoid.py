@@ -20,7 +20,7 @@ from metabridge.data import SinusoidTasks
 from metabridge.nn import MLP
 from metabridge.optim import Adam
 from metabridge.train import mean_ci95
-from metabridge.progress import progress
+from metabridge.utils.progress import progress
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from metabridge.algorithms import MAML, Learner
 from metabridge.data import FastEpisodeSampler, Omniglot, omniglot_split
 from metabridge.nn import Conv4
 from metabridge.optim import Adam
-from metabridge.progress import progress
+from metabridge.utils.progress import progress
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_OMNIGLOT = os.path.join(REPO_ROOT, "..", "shared", "data", "omniglot")

@@ -17,7 +17,7 @@ from metabridge.data import EpisodeSampler, PairSampler, load_digits
 from metabridge.nn import SmallConvEncoder
 from metabridge.optim import Adam
 from metabridge.train import mean_ci95
-from metabridge.progress import progress
+from metabridge.utils.progress import progress
 
 
 def main() -> None:

@@ -17,13 +17,14 @@ from metabridge.config import (
     set_device,
     set_floatx,
     use_backend,
+    use_floatx,
 )
 from metabridge.native import export, wrap
 
-__version__ = "0.1.0"
+from metabridge.version import __version__
 
 __all__ = [
     "algorithms", "data", "nn", "ops", "optim", "available_backends", "floatx",
-    "get_backend", "get_device", "set_backend", "set_device", "set_floatx", "use_backend",
+    "get_backend", "get_device", "set_backend", "set_device", "set_floatx", "use_backend", "use_floatx",
     "export", "wrap", "__version__",
 ]

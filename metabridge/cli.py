@@ -1,6 +1,6 @@
 """The ``metabridge`` command.
 
-    metabridge compare                      # MAML on sinusoid + Siamese on digits, both backends
+    metabridge compare                      # the default experiments, both backends
     metabridge compare --algo maml --steps 500 --json
     metabridge train --algo siamese --backend tf
     metabridge train --config exp.toml --run-dir runs/a   # flags override the file
@@ -16,27 +16,37 @@ import json
 import sys
 from dataclasses import asdict
 
-from metabridge import backend as _registry
+from metabridge import backend as _table
 from metabridge import config
-from metabridge.train.experiment import ALGOS, DATASETS, ROTATIONS, SPLITS, ExperimentConfig, parity, run_experiment
+from metabridge.algorithms.siamese import DISTANCES, SIAMESE_LOSSES
+from metabridge.recipes import DEFAULT_COMPARE, dataset_names, get_recipe, recipe_names
+from metabridge.train import RunDir, RunOptions, evaluate_run, resume, run_experiment, train
+from metabridge.train.config_file import RUN_KEYS, load_config_file, split_values
+from metabridge.train.experiment import ROTATIONS, SPLITS, ExperimentConfig, parity
+from metabridge.train.export_run import EXTENSIONS, export_run
+from metabridge.train.plot import plot_runs
 
 S = argparse.SUPPRESS  # flags not given stay absent, so a config file's values are not overridden
 
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=S, help="TOML file with any of these flags as keys (flags override it)")
-    p.add_argument("--algo", choices=ALGOS, default=S,
-                   help="algorithm (compare with none runs maml/sinusoid and siamese/digits)")
-    p.add_argument("--dataset", choices=DATASETS, default=S, help="default: sinusoid for MAML family, digits else")
-    p.add_argument("--steps", type=int, default=S, help="meta-training steps (default 300 sinusoid, 200 digits)")
-    p.add_argument("--meta-batch", type=int, default=S, help="tasks per meta-step (pairs per step for siamese)")
+    p.add_argument("--algo", choices=recipe_names(), default=S,
+                   help=f"algorithm (compare without one runs {', '.join(DEFAULT_COMPARE)})")
+    p.add_argument("--dataset", choices=dataset_names(), default=S,
+                   help="data set (default: the algorithm's: " + ", ".join(
+                       f"{n} {get_recipe(n).default_dataset}" for n in recipe_names()) + ")")
+    p.add_argument("--steps", type=int, default=S, help="meta-training steps (default: the data set's)")
+    p.add_argument("--meta-batch", type=int, default=S, help="tasks per meta-step (pairs per step for pair training)")
     p.add_argument("--ways", type=int, default=S, help="classes per training episode (default 5)")
-    p.add_argument("--test-ways", type=int, default=S, help="classes per test episode (protonet/matching/siamese)")
-    p.add_argument("--shots", type=int, default=S, help="support examples per class / per sinusoid task")
-    p.add_argument("--queries", type=int, default=S, help="query examples per class / per sinusoid task")
+    p.add_argument("--test-ways", type=int, default=S,
+                   help="classes per test episode (" + ", ".join(n for n in recipe_names() if get_recipe(n).any_ways)
+                   + ")")
+    p.add_argument("--shots", type=int, default=S, help="support examples per class / per regression task")
+    p.add_argument("--queries", type=int, default=S, help="query examples per class / per regression task")
     p.add_argument("--test-shots", type=int, default=S, help="support examples at test time (default: --shots)")
     p.add_argument("--test-tasks", type=int, default=S, help="test episodes for mean ± 95%% CI (default 600)")
-    p.add_argument("--inner-lr", type=float, default=S, help="inner step size (default 0.01 sinusoid, 0.4 else)")
+    p.add_argument("--inner-lr", type=float, default=S, help="inner step size (default: the data set's)")
     p.add_argument("--inner-steps", type=int, default=S, help="inner steps (default 1)")
     p.add_argument("--test-inner-steps", type=int, default=S, help="inner steps at test time (default --inner-steps)")
     p.add_argument("--outer-lr", type=float, default=S, help="Adam learning rate (default 1e-3)")
@@ -46,17 +56,20 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--floatx", choices=config.FLOATX_CHOICES, default=S, help="default float32")
     p.add_argument("--eager", dest="compiled", action="store_const", const=False, default=S,
                    help="skip the compiled path (tf.function); in a file: compiled = false")
-    p.add_argument("--distance", choices=("l1", "l2", "cosine"), default=S, help="siamese distance")
-    p.add_argument("--siamese-loss", choices=("bce", "contrastive"), default=S)
-    p.add_argument("--fce", action="store_const", const=True, default=S, help="matching: full context embeddings")
+    p.add_argument("--distance", choices=DISTANCES, default=S, help="Siamese pair distance")
+    p.add_argument("--siamese-loss", choices=SIAMESE_LOSSES, default=S)
+    p.add_argument("--fce", action="store_const", const=True, default=S, help="Matching: full context embeddings")
     p.add_argument("--non-transductive", dest="transductive", action="store_const", const=False, default=S,
-                   help="reptile: each query in its own batch-norm batch; in a file: transductive = false")
-    p.add_argument("--data-dir", default=S, help="folder of the omniglot / miniimagenet files")
-    p.add_argument("--download", action="store_const", const=True, default=S, help="fetch Omniglot's archives")
-    p.add_argument("--split", choices=SPLITS, default=S, help="omniglot split (default vinyals)")
+                   help="Reptile: each query in its own batch-norm batch; in a file: transductive = false")
+    p.add_argument("--data-dir", default=S, help="where the data set's files are")
+    p.add_argument("--download", action="store_const", const=True, default=S, help="fetch the data set's archives")
+    p.add_argument("--split-file", default=S, help="class split of an image-tree data set (JSON or CSV, see ImageFolder)")
+    p.add_argument("--allow-pickle", action="store_const", const=True, default=S,
+                   help="read data sets stored as Python pickles (only from sources you trust)")
+    p.add_argument("--split", choices=SPLITS, default=S, help=f"Omniglot split (default {ExperimentConfig.split})")
     p.add_argument("--rotations", choices=ROTATIONS, default=S,
-                   help="omniglot rotations (default per-task for MAML family, classes for protonet)")
-    p.add_argument("--image-size", type=int, default=S, help="image side (default 28 omniglot, 84 miniimagenet)")
+                   help="Omniglot rotations (default: the algorithm's)")
+    p.add_argument("--image-size", type=int, default=S, help="image side (default: the data set's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -66,8 +79,6 @@ _NOT_CONFIG = {"config", "json", "quiet", "command", "func", "backends", "runs",
 
 def _values(args: argparse.Namespace) -> tuple[dict, str]:
     """Config-file values overridden by the flags given, and where they came from."""
-    from metabridge.train.config_file import load_config_file
-
     path = getattr(args, "config", None)
     values = load_config_file(path) if path else {}
     values.update({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
@@ -79,7 +90,7 @@ def _backends(text: str) -> list[str]:
     if not names:
         raise ValueError(f"Expected at least one backend. Received: backends={text!r}")
     for n in names:
-        _registry.load(n)
+        _table.load(n)
     return list(dict.fromkeys(names))
 
 
@@ -114,10 +125,6 @@ def _report(cfg: ExperimentConfig, runs: dict) -> dict:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from metabridge.train.config_file import split_values
-
-    from metabridge.train.config_file import RUN_KEYS
-
     values, source = _values(args)
     ignored = sorted(k for k in values if k in RUN_KEYS)
     if ignored:
@@ -125,7 +132,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
               file=sys.stderr)
         values = {k: v for k, v in values.items() if k not in RUN_KEYS}
     backends = _backends(args.backends)
-    algos = [values.pop("algo")] if "algo" in values else ["maml", "siamese"]
+    algos = [values.pop("algo")] if "algo" in values else list(DEFAULT_COMPARE)
     reports = []
     for algo in algos:
         cfg, _ = split_values({**values, "algo": algo}, source)
@@ -139,9 +146,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from metabridge.train import RunOptions, train
-    from metabridge.train.config_file import split_values
-
     values, source = _values(args)
     cfg, run_values = split_values(values, source)
     backends = _backends(run_values.pop("backend", config.get_backend()))
@@ -171,16 +175,12 @@ def _print_result(cfg, runs: dict, as_json: bool, run_dir: str | None) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from metabridge.train import RunDir, train
-
     run = RunDir.open(args.run_dir)
-    result = train(run.config, run.backend, run, quiet=args.quiet)
+    result = resume(args.run_dir, quiet=args.quiet)
     return _print_result(run.config.resolved(), {run.backend: result}, args.json, args.run_dir)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from metabridge.train.evaluation import evaluate_run
-
     backend = _backends(args.backend)[0] if args.backend else None
     out = evaluate_run(args.run_dir, backend=backend, episodes=args.episodes, floatx=args.floatx)
     if args.json:
@@ -192,16 +192,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from metabridge.train.plot import plot_runs
-
     path = plot_runs(args.runs, args.output, smooth=args.smooth)
     print(f"wrote {path}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from metabridge.train.export_run import export_run
-
     path = export_run(args.run_dir, args.to, args.output)
     print(f"wrote {path}")
     return 0
@@ -212,27 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     compare = sub.add_parser("compare", help="run one experiment on both backends and compare")
     _add_experiment_args(compare)
-    compare.add_argument("--backends", default="torch,tf", help="comma-separated (default torch,tf)")
+    compare.add_argument("--backends", default=",".join(_table.NAMES),
+                         help=f"comma-separated (default {','.join(_table.NAMES)})")
     compare.set_defaults(func=cmd_compare)
-    train = sub.add_parser("train", help="run one experiment on one backend")
-    _add_experiment_args(train)
-    train.add_argument("--backend", default=S, help="torch or tf (default: METABRIDGE_BACKEND or torch)")
-    train.add_argument("--run-dir", default=S, help="record the run here (config, metrics, checkpoints)")
-    train.add_argument("--checkpoint-every", type=int, default=S, help="steps between checkpoints (default 100)")
-    train.add_argument("--keep", type=int, default=S, help="checkpoints kept (default 3)")
-    train.add_argument("--eval-every", type=int, default=S, help="steps between validation evaluations (default 0)")
-    train.add_argument("--eval-episodes", type=int, default=S, help="episodes per validation (default 100)")
-    train.add_argument("--tensorboard", action="store_const", const=True, default=S,
+    train_p = sub.add_parser("train", help="run one experiment on one backend")
+    _add_experiment_args(train_p)
+    train_p.add_argument("--backend", default=S, help=f"one of {', '.join(_table.NAMES)} or an alias "
+                         f"(default: METABRIDGE_BACKEND or {_table.NAMES[0]})")
+    train_p.add_argument("--run-dir", default=S, help="record the run here (config, metrics, checkpoints)")
+    train_p.add_argument("--checkpoint-every", type=int, default=S, help="steps between checkpoints (default 100)")
+    train_p.add_argument("--keep", type=int, default=S, help="checkpoints kept (default 3)")
+    train_p.add_argument("--eval-every", type=int, default=S, help="steps between validation evaluations (default 0)")
+    train_p.add_argument("--eval-episodes", type=int, default=S, help="episodes per validation (default 100)")
+    train_p.add_argument("--tensorboard", action="store_const", const=True, default=S,
                        help="also write TensorBoard event files to RUN_DIR/tb")
-    train.set_defaults(func=cmd_train)
-    resume = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
-    resume.add_argument("run_dir")
-    resume.add_argument("--json", action="store_true")
-    resume.add_argument("--quiet", action="store_true")
-    resume.set_defaults(func=cmd_resume)
+    train_p.set_defaults(func=cmd_train)
+    resume_p = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
+    resume_p.add_argument("run_dir")
+    resume_p.add_argument("--json", action="store_true")
+    resume_p.add_argument("--quiet", action="store_true")
+    resume_p.set_defaults(func=cmd_resume)
     ev = sub.add_parser("eval", help="evaluate a run's newest checkpoint (on any backend)")
     ev.add_argument("run_dir")
-    ev.add_argument("--backend", help="torch or tf (default: the backend that trained it)")
+    ev.add_argument("--backend", help="a backend name or alias (default: the backend that trained it)")
     ev.add_argument("--episodes", type=int, help="test episodes (default: the run's test_tasks)")
     ev.add_argument("--floatx", choices=config.FLOATX_CHOICES, help="evaluate in this precision (default: the run's)")
     ev.add_argument("--json", action="store_true")
@@ -244,15 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=cmd_plot)
     export = sub.add_parser("export", help="write a run's parameters into a plain torch or Keras model")
     export.add_argument("run_dir")
-    export.add_argument("--to", choices=("torch", "keras"), required=True)
-    export.add_argument("-o", "--output", required=True, help="TorchScript file (.pt) or Keras file (.keras)")
+    export.add_argument("--to", choices=tuple(EXTENSIONS), required=True)
+    export.add_argument("-o", "--output", required=True,
+                        help="output file (" + ", ".join(f"{e[0]} for {k}" for k, e in EXTENSIONS.items()) + ")")
     export.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``metabridge`` console script."""
-    parser = build_parser()
+    try:
+        parser = build_parser()  # reads the recipe registry, which imports plugins
+    except (ValueError, ImportError) as exc:
+        print(f"metabridge: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return args.func(args)

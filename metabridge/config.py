@@ -1,25 +1,22 @@
-"""Process-wide settings: which backend, float precision and device.
+"""Settings: which backend, float precision and device.
 
 The backend is resolved in this order: an active ``use_backend`` block
 (a ``contextvars`` value, so threads and asyncio tasks do not see each
 other's blocks), then ``set_backend``, then the ``METABRIDGE_BACKEND``
-environment variable, then ``"torch"``.
+environment variable, then ``"torch"``. The float precision works the same
+way: a ``use_floatx`` block, else ``set_floatx``, else ``"float32"``.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import os
+from types import ModuleType
 from typing import Iterator
 
-BACKEND_ALIASES = {
-    "torch": "torch",
-    "pytorch": "torch",
-    "tf": "tensorflow",
-    "tensorflow": "tensorflow",
-}
-BACKENDS = ("torch", "tensorflow")
-PIP_EXTRAS = {"torch": "torch", "tensorflow": "tf"}
+from metabridge import backend as _table
+
+BACKENDS = _table.NAMES
 FLOATX_CHOICES = ("float32", "float64")
 
 _global_backend: str | None = None
@@ -27,6 +24,7 @@ _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "metabridge_backend", default=None
 )
 _floatx = "float32"
+_context_floatx: contextvars.ContextVar[str | None] = contextvars.ContextVar("metabridge_floatx", default=None)
 _device = "cpu"
 
 
@@ -36,10 +34,7 @@ def canonical_backend_name(name: str) -> str:
     >>> canonical_backend_name("tf")
     'tensorflow'
     """
-    if not isinstance(name, str) or name.strip().lower() not in BACKEND_ALIASES:
-        valid = ", ".join(repr(n) for n in BACKEND_ALIASES)
-        raise ValueError(f"Expected backend to be one of {valid}. Received: backend={name!r}")
-    return BACKEND_ALIASES[name.strip().lower()]
+    return _table.canonical_name(name)
 
 
 def set_backend(name: str) -> None:
@@ -50,9 +45,7 @@ def set_backend(name: str) -> None:
     """
     global _global_backend
     canonical = canonical_backend_name(name)
-    from metabridge import backend as _registry
-
-    _registry.load(canonical)  # fail now, with a clear error, if it is missing
+    _table.load(canonical)  # fail now, with a clear error, if it is missing
     _global_backend = canonical
 
 
@@ -81,9 +74,7 @@ def use_backend(name: str) -> Iterator[str]:
     ...     ops.asarray([1.0])
     """
     canonical = canonical_backend_name(name)
-    from metabridge import backend as _registry
-
-    _registry.load(canonical)
+    _table.load(canonical)
     token = _context_backend.set(canonical)
     try:
         yield canonical
@@ -91,24 +82,51 @@ def use_backend(name: str) -> Iterator[str]:
         _context_backend.reset(token)
 
 
+def current_backend() -> ModuleType:
+    """The active backend package (see :func:`get_backend`), imported on first use."""
+    return _table.load(get_backend())
+
+
+def _check_floatx(dtype: str) -> str:
+    if dtype not in FLOATX_CHOICES:
+        raise ValueError(
+            f"Expected floatx to be one of {FLOATX_CHOICES}. Received: floatx={dtype!r}"
+        )
+    return dtype
+
+
 def set_floatx(dtype: str) -> None:
-    """Set the float precision of new tensors and parameters.
+    """Set the float precision of new tensors and parameters for this process
+    (a :func:`use_floatx` block still wins inside it).
 
     >>> set_floatx("float64"); floatx()
     'float64'
     >>> set_floatx("float32")
     """
     global _floatx
-    if dtype not in FLOATX_CHOICES:
-        raise ValueError(
-            f"Expected floatx to be one of {FLOATX_CHOICES}. Received: floatx={dtype!r}"
-        )
-    _floatx = dtype
+    _floatx = _check_floatx(dtype)
+
+
+@contextlib.contextmanager
+def use_floatx(dtype: str) -> Iterator[str]:
+    """Run a block in another float precision; the previous one comes back
+    afterwards, also on errors, and other threads keep their own.
+
+    >>> with use_floatx("float64"):
+    ...     floatx()
+    'float64'
+    """
+    token = _context_floatx.set(_check_floatx(dtype))
+    try:
+        yield dtype
+    finally:
+        _context_floatx.reset(token)
 
 
 def floatx() -> str:
     """The current float precision (``"float32"`` or ``"float64"``)."""
-    return _floatx
+    ctx = _context_floatx.get()
+    return _floatx if ctx is None else ctx
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -142,9 +160,7 @@ def set_device(device: str) -> None:
     global _device
     kind, index = parse_device(device)
     name = "cpu" if kind == "cpu" else f"gpu:{index}"
-    from metabridge import backend as _registry
-
-    _registry.current().device.configure(name)
+    current_backend().device.configure(name)
     _device = name
 
 

@@ -23,13 +23,11 @@ from types import ModuleType
 import numpy as np
 
 from metabridge import backend, config, ops
-from metabridge.data.atomic import atomic_file
+from metabridge.utils.atomic import atomic_file
 from metabridge.nn.base import Model
 
-FRAMEWORKS = {"torch": "torch", "keras": "tensorflow"}  # to_native's framework -> backend
+FRAMEWORKS = {r.native_format: r.name for r in backend.BACKENDS}  # to_native's framework -> backend
 EVAL_BN = ("batch", "running")
-_WRAPS = {"torch": "torch.nn.Module", "tensorflow": "Keras models"}
-_FRAMEWORK_MODULE = {"torch": "torch", "tensorflow": "tensorflow"}
 
 
 def _native(name: str) -> ModuleType:
@@ -41,7 +39,7 @@ def _native(name: str) -> ModuleType:
 def _imported_backends() -> list[str]:
     """Backends whose framework is already imported: an object of a framework
     never imported cannot exist, so there is nothing else to ask."""
-    return [name for name in config.BACKENDS if _FRAMEWORK_MODULE[name] in sys.modules]
+    return [r.name for r in backend.BACKENDS if r.framework_module in sys.modules]
 
 
 def _owner(obj) -> ModuleType:
@@ -209,7 +207,7 @@ def wrap(module_or_model, eval_bn: str = "batch", *, input_shape=None,
             owner = _owner(module_or_model)
         except ValueError:
             pass
-        hint = "" if owner is None else f" matching the active backend ({active!r} wraps {_WRAPS[active]})"
+        hint = "" if owner is None else f" matching the active backend ({active!r} wraps {backend.record(active).native_kind})"
         raise ValueError(f"Expected a torch.nn.Module or a Keras model{hint}. "
                          f"Received: {type(module_or_model).__name__}")
     if input_shape is not None and (not isinstance(input_shape, (tuple, list)) or not input_shape

@@ -19,13 +19,13 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from metabridge import backend as _backend
+from metabridge.config import current_backend as _current
 
 Padding = Union[str, int, Sequence[Sequence[int]]]
 
 
 def _b():
-    return _backend.current().ops
+    return _current().ops
 
 
 # ---- conversion -----------------------------------------------------------------
@@ -463,7 +463,7 @@ def value_and_grad(fn, create_graph: bool = False, has_aux: bool = False):
     with ``create_graph=True`` inside an outer one gives true second-order
     gradients; ``create_graph=False`` returns gradients that carry no graph.
     """
-    return _backend.current().autodiff.value_and_grad(fn, create_graph=create_graph, has_aux=has_aux)
+    return _current().autodiff.value_and_grad(fn, create_graph=create_graph, has_aux=has_aux)
 
 
 def grad_of_loss_tensor(loss, params: dict, create_graph: bool = False) -> dict:
@@ -482,17 +482,17 @@ def grad_of_loss_tensor(loss, params: dict, create_graph: bool = False) -> dict:
     ...     return ops.sum(g)
     >>> ops.value_and_grad(outer)({"w": ops.asarray([1.0, 2.0])})[1]["w"]   # 2 everywhere
     """
-    return _backend.current().autodiff.grad_of_loss_tensor(loss, params, create_graph=create_graph)
+    return _current().autodiff.grad_of_loss_tensor(loss, params, create_graph=create_graph)
 
 
 def compile_function(fn):
     """The backend's compiled version of ``fn`` (``tf.function`` on TensorFlow;
     eager on torch, whose compiler cannot trace double backward)."""
-    return _backend.current().autodiff.compile_function(fn)
+    return _current().autodiff.compile_function(fn)
 
 
 def sum_over_tasks(task_fn, arrays: tuple, n: int):
     """``sum(task_fn(*[a[i] for a in arrays]) for i in range(n))`` over pytrees,
     as a loop the compiled path traces once (a ``tf.while_loop`` on TensorFlow)."""
-    return _backend.current().autodiff.sum_over_tasks(task_fn, tuple(arrays), n)
+    return _current().autodiff.sum_over_tasks(task_fn, tuple(arrays), n)
 

@@ -482,7 +482,7 @@ def test_missing_framework_via_meta_path_finder():
 
 
 def test_atomic_file_replaces_only_on_success(tmp_path):
-    from metabridge.data.atomic import atomic_file
+    from metabridge.utils.atomic import atomic_file
 
     target = tmp_path / "cache.bin"
     target.write_bytes(b"old")

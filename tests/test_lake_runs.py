@@ -14,17 +14,15 @@ from PIL import Image, ImageDraw
 
 import metabridge as mb
 from metabridge import ops
-from metabridge.algorithms import Siamese
+from metabridge.algorithms import Siamese, embedding_similarity, siamese_similarity
 from metabridge.data import (
     Episode,
     LakeRun,
     TaskBatch,
     WithinAlphabetEpisodeSampler,
-    embedding_similarity,
     load_lake_runs,
     score_episodes,
     score_lake_runs,
-    siamese_similarity,
 )
 from metabridge.data.lake_runs import preprocess_omniglot_image
 from metabridge.nn import SmallConvEncoder

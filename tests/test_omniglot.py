@@ -20,7 +20,7 @@ import pytest
 from metabridge.data import ArrayDataset, EpisodeSampler, TaskBatch
 from metabridge.data import omniglot as omniglot_module
 from metabridge.data.omniglot import DownloadError, Omniglot
-from metabridge.data.omniglot_splits import FastEpisodeSampler, RotatedImages, omniglot_split
+from metabridge.data import FastEpisodeSampler, RotatedImages, omniglot_split
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image, ImageDraw  # noqa: E402

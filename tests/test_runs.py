@@ -335,7 +335,7 @@ def test_checkpoint_from_one_backend_evaluates_identically_on_the_other(tmp_path
     from metabridge import config, ops
     from metabridge.train.checkpoint import split_tensors
     from metabridge.train.evaluation import evaluate_run
-    from metabridge.train.experiment import _Setup
+    from metabridge.train.experiment import Experiment
 
     for trained_on in both_backends:
         path = str(tmp_path / trained_on)
@@ -351,7 +351,7 @@ def test_checkpoint_from_one_backend_evaluates_identically_on_the_other(tmp_path
         logits = {}
         for b in both_backends:
             with config.use_backend(b):
-                setup = _Setup(run.config.resolved())
+                setup = Experiment(run.config.resolved())
                 ep = setup.sources.test.episode(0)
                 sx, qx = ep.support_x.reshape(len(ep.support_x), -1), ep.query_x.reshape(len(ep.query_x), -1)
                 logits[b] = ops.to_numpy(setup.algorithm.logits(params, sx, ep.support_y, qx, 5))

@@ -6,6 +6,7 @@ inner loop runs on the head alone. The outer loop still trains everything.
 from __future__ import annotations
 
 from metabridge import ops
+from metabridge.algorithms.common import inner_gradients
 from metabridge.algorithms.maml import MAML
 from metabridge.nn.base import Model
 
@@ -37,12 +38,8 @@ class ANIL(MAML):
         feats_q = self.model.features(params, ops.asarray(query_x))
         support_y = ops.asarray(support_y)
         head = {k: params[k] for k in self.inner_keys(params)}
-        create_graph = not self.first_order
-        grad_fn = ops.value_and_grad(lambda h, f, y: self.loss_fn(self.model.head(h, f), y),
-                                     create_graph=create_graph)
         for _ in range(self.inner_steps):
-            _, grads = grad_fn(head, feats_s, support_y)
-            if not create_graph:
-                grads = {k: ops.stop_gradient(g) for k, g in grads.items()}
+            grads = inner_gradients(lambda h, f, y: self.loss_fn(self.model.head(h, f), y), head,
+                                    (feats_s, support_y), not self.first_order)
             head = self.inner_update(head, grads)
         return self.loss_fn(self.model.head(head, feats_q), ops.asarray(query_y))

@@ -1,4 +1,5 @@
-"""Pieces shared by the algorithms: losses by name and batch checks at the boundary."""
+"""Pieces shared by the algorithms: losses by name, batch checks at the boundary,
+the compiled-function cache, the inner step's gradients and L2 normalisation."""
 from __future__ import annotations
 
 from typing import Callable
@@ -63,3 +64,55 @@ def metric_fn(loss_name: str):
     if loss_name == "mse":
         return ops.mse, "mse"
     return None, None
+
+
+class CompiledFunctions:
+    """The backend-compiled versions of a function, one per backend, float
+    precision and extra key (shapes or step counts the trace depends on).
+
+    >>> compiled = CompiledFunctions()
+    >>> fn = compiled.get(lambda: my_function, ways)      # doctest: +SKIP
+    """
+
+    def __init__(self):
+        self._fns: dict[tuple, object] = {}
+
+    def get(self, make, *key):
+        """The compiled ``make()`` for the active backend, floatx and ``key`` (built on first use)."""
+        from metabridge.config import floatx, get_backend
+
+        full = (get_backend(), floatx(), *key)
+        if full not in self._fns:
+            self._fns[full] = ops.compile_function(make())
+        return self._fns[full]
+
+
+def inner_gradients(loss_of_sub, sub: dict, args: tuple, create_graph: bool) -> dict:
+    """Gradients of ``loss_of_sub(sub, *args)`` with respect to the parameters
+    ``sub`` for one inner step: differentiable (second order) with
+    ``create_graph``, stopped otherwise.
+
+    >>> grads = inner_gradients(lambda p, x, y: loss(p, x, y), head, (x, y), True)   # doctest: +SKIP
+    """
+    _, grads = ops.value_and_grad(loss_of_sub, create_graph=create_graph)(sub, *args)
+    return stop_unless(grads, create_graph)
+
+
+def stop_unless(grads: dict, create_graph: bool) -> dict:
+    """``grads`` unchanged when second order is asked for, else with gradients stopped."""
+    return grads if create_graph else {k: ops.stop_gradient(g) for k, g in grads.items()}
+
+
+def l2_norm(x, eps: float = 1e-12, keepdims: bool = True):
+    """``sqrt(sum(x², -1) + eps)``: the L2 norm along the last axis, differentiable at 0."""
+    return ops.sqrt(ops.sum(ops.square(x), -1, keepdims=keepdims) + eps)
+
+
+def l2_normalize(x, eps: float = 1e-12):
+    """``x`` divided by :func:`l2_norm` along the last axis (cosine similarity's rows)."""
+    return x / l2_norm(x, eps)
+
+
+def single_batch(episode: Episode) -> TaskBatch:
+    """A meta-batch holding one episode (for algorithms that evaluate batches)."""
+    return TaskBatch.stack([episode])

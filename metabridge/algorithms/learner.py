@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Mapping, Union
 
-from metabridge import ops
+from metabridge import backend, config, ops
+from metabridge.algorithms.common import stop_unless
 
 if TYPE_CHECKING:
     from metabridge.algorithms.maml import MAML
@@ -112,6 +113,10 @@ class Learner:
         create_graph = not (self.algorithm.first_order if first_order is None else first_order)
         keys = self.algorithm.inner_keys(self._params)
         if ops.is_tensor(loss):
+            if not backend.record(config.get_backend()).loss_tensor_grads:
+                raise ValueError(f"Expected a loss function on the {config.get_backend()} backend (it cannot "
+                                 "differentiate a finished tensor; pass loss_fn(learner) -> scalar instead). "
+                                 f"Received: a tensor ({type(loss).__name__})")
             _check_scalar(loss, "the loss tensor")
             adapted = {k: self._params[k] for k in keys}
             grads = ops.grad_of_loss_tensor(loss, adapted, create_graph=create_graph)
@@ -120,8 +125,7 @@ class Learner:
         else:
             raise ValueError("Expected a loss function loss_fn(learner) -> scalar, or a loss tensor (torch). "
                              f"Received: {type(loss).__name__}")
-        if not create_graph:
-            grads = {k: ops.stop_gradient(g) for k, g in grads.items()}
+        grads = stop_unless(grads, create_graph)
         self._params = {**self._params, **self.algorithm.inner_update(self._params, grads)}
         return self
 
@@ -133,8 +137,7 @@ class Learner:
             _check_scalar(value, "loss_fn(learner)")
             return value
 
-        grad_fn = ops.value_and_grad(loss_of_adapted, create_graph=create_graph)
-        return grad_fn({k: frozen[k] for k in keys})[1]
+        return ops.value_and_grad(loss_of_adapted, create_graph=create_graph)({k: frozen[k] for k in keys})[1]
 
     def __repr__(self) -> str:
         return f"Learner({type(self.algorithm).__name__}, {len(self._params)} parameters)"

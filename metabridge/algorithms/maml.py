@@ -10,14 +10,23 @@ import math
 
 import numpy as np
 
-from metabridge import config, ops
-from metabridge.algorithms.common import batch_tensors, check_batch, metric_fn, resolve_loss
+from metabridge import ops
+from metabridge.algorithms.base import Algorithm
+from metabridge.algorithms.common import (
+    CompiledFunctions,
+    batch_tensors,
+    check_batch,
+    inner_gradients,
+    metric_fn,
+    resolve_loss,
+    single_batch,
+)
 from metabridge.algorithms.learner import Learner
-from metabridge.data.episodes import TaskBatch
+from metabridge.data.episodes import Episode, TaskBatch
 from metabridge.nn.base import Model
 
 
-class MAML:
+class MAML(Algorithm):
     """Model-agnostic meta-learning over any :class:`metabridge.nn.Model`.
 
     >>> from metabridge.nn import MLP
@@ -42,7 +51,8 @@ class MAML:
         self.model, self.inner_lr, self.inner_steps = model, float(inner_lr), inner_steps
         self.first_order, self.compiled = bool(first_order), bool(compiled)
         self.loss_fn, self.loss_name = resolve_loss(loss)
-        self._compiled_fns: dict[tuple, object] = {}
+        self.metric_name = metric_fn(self.loss_name)[1]
+        self._compiled = CompiledFunctions()
 
     # ---- inner loop ------------------------------------------------------------------
     def inner_loss(self, params: dict, x, y):
@@ -88,10 +98,8 @@ class MAML:
             def loss_of_adapted(sub, x, y):
                 return self.inner_loss({**frozen, **sub}, x, y)
 
-            grad_fn = ops.value_and_grad(loss_of_adapted, create_graph=create_graph)
-            _, grads = grad_fn({k: params[k] for k in keys}, support_x, support_y)
-            if not create_graph:
-                grads = {k: ops.stop_gradient(g) for k, g in grads.items()}
+            grads = inner_gradients(loss_of_adapted, {k: params[k] for k in keys}, (support_x, support_y),
+                                    create_graph)
             params = {**params, **self.inner_update(params, grads)}
         return params
 
@@ -122,14 +130,16 @@ class MAML:
         args = batch_tensors(batch)
         if not self.compiled:
             return self._meta_value_and_grad(params, *args)
-        from metabridge.config import get_backend
-
-        key = (get_backend(), config.floatx())
-        if key not in self._compiled_fns:
-            self._compiled_fns[key] = ops.compile_function(self._meta_value_and_grad)
-        return self._compiled_fns[key](params, *args)
+        return self._compiled.get(lambda: self._meta_value_and_grad)(params, *args)
 
     # ---- evaluation -----------------------------------------------------------------------
+    def predict_episode(self, params: dict, episode: Episode, steps: int | None = None):
+        """The model's query outputs after ``steps`` (default ``inner_steps``) first-order inner steps."""
+        check_batch(single_batch(episode), self.model, self.loss_name)
+        sx, sy, qx = (ops.asarray(a) for a in (episode.support_x, episode.support_y, episode.query_x))
+        adapted = self.adapt(params, sx, sy, steps=steps, create_graph=False)
+        return self.model(adapted, qx)
+
     def evaluate(self, params: dict, batch: TaskBatch, steps: int | None = None) -> dict:
         """Query loss and metric after 0..``steps`` inner steps, per task.
 

@@ -13,15 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from metabridge import ops
+from metabridge.algorithms.common import l2_normalize
 from metabridge.algorithms.protonet import ProtoNet
 from metabridge.nn.base import Model
 from metabridge.nn.lstm import lstm_cell, lstm_param_shapes
 
 _EPS = 1e-12
-
-
-def _unit(x):
-    return x / ops.sqrt(ops.sum(ops.square(x), -1, keepdims=True) + _EPS)
 
 
 class MatchingNet(ProtoNet):
@@ -103,7 +100,7 @@ class MatchingNet(ProtoNet):
         if self.fce:
             es = self._support_context(params, es)
             eq = self._query_context(params, eq, es)
-        return ops.softmax(ops.matmul(_unit(eq), ops.transpose(_unit(es), (1, 0))), -1)
+        return ops.softmax(ops.matmul(l2_normalize(eq), ops.transpose(l2_normalize(es), (1, 0))), -1)
 
     def logits(self, params: dict, support_x, support_y, query_x, ways: int):
         """Log class probabilities ``log(attention @ onehot(support_y))``."""

@@ -9,14 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from metabridge import ops
-from metabridge.algorithms.common import batch_tensors
-from metabridge.data.episodes import TaskBatch
+from metabridge.algorithms.base import Algorithm
+from metabridge.algorithms.common import CompiledFunctions, batch_tensors, l2_normalize, single_batch
+from metabridge.data.episodes import Episode, TaskBatch
 from metabridge.nn.base import Model
 
 PROTO_DISTANCES = ("euclidean", "cosine")
 
 
-class ProtoNet:
+class ProtoNet(Algorithm):
     """Prototypical networks over any embedding :class:`Model`.
 
     >>> from metabridge.nn import Conv4
@@ -24,6 +25,9 @@ class ProtoNet:
     >>> params = proto.model.init(seed=0)
     >>> loss, grads = proto.meta_value_and_grad(params, batch)   # doctest: +SKIP
     """
+
+    adapts = False  # no inner loop: the support set only makes prototypes
+    any_ways = True  # test episodes may have other ways than training ones
 
     def __init__(self, model: Model, distance: str = "euclidean", temperature: float = 10.0,
                  compiled: bool = False):
@@ -35,7 +39,7 @@ class ProtoNet:
             raise ValueError(f"Expected temperature > 0. Received: temperature={temperature!r}")
         self.model, self.distance, self.temperature = model, distance, float(temperature)
         self.compiled = bool(compiled)
-        self._compiled_fns: dict[tuple, object] = {}
+        self._compiled = CompiledFunctions()
 
     def logits(self, params: dict, support_x, support_y, query_x, ways: int):
         """``[queries, ways]`` logits of one episode (support labels in ``0..ways-1``)."""
@@ -44,8 +48,7 @@ class ProtoNet:
         counts = ops.sum(onehot, 0)                                           # [W]
         protos = ops.matmul(ops.transpose(onehot, (1, 0)), es) / ops.reshape(counts, (-1, 1))
         if self.distance == "cosine":
-            qn = eq / ops.sqrt(ops.sum(ops.square(eq), -1, keepdims=True) + 1e-12)
-            pn = protos / ops.sqrt(ops.sum(ops.square(protos), -1, keepdims=True) + 1e-12)
+            qn, pn = l2_normalize(eq), l2_normalize(protos)
             return self.temperature * ops.matmul(qn, ops.transpose(pn, (1, 0)))
         sq = (ops.sum(ops.square(eq), -1, keepdims=True) - 2.0 * ops.matmul(eq, ops.transpose(protos, (1, 0)))
               + ops.reshape(ops.sum(ops.square(protos), -1), (1, -1)))
@@ -85,16 +88,24 @@ class ProtoNet:
         args = batch_tensors(batch)
         if not self.compiled:
             return self._meta_value_and_grad(params, *args, ways)
-        from metabridge.config import floatx, get_backend
+        fn = self._compiled.get(lambda: (lambda p, a, b, c, d: self._meta_value_and_grad(p, a, b, c, d, ways)), ways)
+        return fn(params, *args)
 
-        key = (get_backend(), floatx(), ways)
-        if key not in self._compiled_fns:
-            fn = ops.compile_function(lambda p, a, b, c, d: self._meta_value_and_grad(p, a, b, c, d, ways))
-            self._compiled_fns[key] = fn
-        return self._compiled_fns[key](params, *args)
+    def _no_steps(self, steps) -> None:
+        if steps is not None:
+            raise ValueError(f"Expected no inner steps for {type(self).__name__} (it does not adapt). "
+                             f"Received: steps={steps!r}")
 
-    def evaluate(self, params: dict, batch: TaskBatch) -> dict:
+    def predict_episode(self, params: dict, episode: Episode, steps: int | None = None):
+        """``[queries, ways]`` logits of one episode (ways from its support labels)."""
+        self._no_steps(steps)
+        ways = self._ways(single_batch(episode))
+        sx, sy, qx = (ops.asarray(a) for a in (episode.support_x, episode.support_y, episode.query_x))
+        return self.logits({k: ops.asarray(v) for k, v in params.items()}, sx, sy, qx, ways)
+
+    def evaluate(self, params: dict, batch: TaskBatch, steps: int | None = None) -> dict:
         """Per-task query loss and accuracy (numpy arrays ``[tasks]``)."""
+        self._no_steps(steps)
         ways = self._ways(batch)
         sx, sy, qx, qy = batch_tensors(batch)
         losses, accs = np.zeros(batch.size), np.zeros(batch.size)

@@ -5,18 +5,32 @@ For each task of a meta-batch, ``inner_steps`` steps of SGD (or of Adam with
 ``params += epsilon * (mean adapted - params)``, with ``epsilon`` annealed
 linearly from ``outer_stepsize`` to ``final_outer_stepsize`` over
 ``total_steps`` meta-steps. No second-order terms, no gradient of the outer step.
+
+In the :class:`~metabridge.algorithms.Algorithm` protocol the update direction
+is ``params - mean adapted`` and the outer optimizer is SGD whose step size
+is ``epsilon`` at each update count, which is exactly the update above.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from metabridge import ops
-from metabridge.algorithms.common import batch_tensors, check_batch, resolve_loss
-from metabridge.data.episodes import TaskBatch
+from metabridge.algorithms.base import Algorithm
+from metabridge.algorithms.common import (
+    CompiledFunctions,
+    batch_tensors,
+    check_batch,
+    metric_fn,
+    resolve_loss,
+    single_batch,
+)
+from metabridge.data.episodes import Episode, TaskBatch
 from metabridge.nn.base import Model
 from metabridge.optim import SGD, Adam
 from metabridge.optim import _check_positive as _positive
 
 
-class Reptile:
+class Reptile(Algorithm):
     """Reptile over any :class:`Model`.
 
     >>> from metabridge.nn import MLP
@@ -46,13 +60,19 @@ class Reptile:
             raise ValueError(f"Expected transductive True or False. Received: transductive={transductive!r}")
         self.inner_optimizer, self.transductive = inner_optimizer, transductive
         self.compiled = bool(compiled)
-        self._compiled_fns: dict[tuple, object] = {}
+        self._compiled = CompiledFunctions()
         self.loss_fn, self.loss_name = resolve_loss(loss)
+        self.metric_name = metric_fn(self.loss_name)[1]
 
     def epsilon(self, step: int) -> float:
         """The outer step size at meta-step ``step`` (linear annealing)."""
         frac = min(max(step, 0) / self.total_steps, 1.0)
         return (1 - frac) * self.outer_stepsize + frac * self.final_outer_stepsize
+
+    def outer_optimizer(self, lr=None) -> SGD:
+        """SGD with step size :meth:`epsilon` of the update count (``lr`` is not used:
+        Reptile anneals its own outer step size)."""
+        return SGD(lr=self.epsilon)
 
     def inner_loss(self, params: dict, x, y):
         return self.loss_fn(self.model(params, x), y)
@@ -67,12 +87,8 @@ class Reptile:
         support_x, support_y = ops.asarray(support_x), ops.asarray(support_y)
         if not self.compiled:
             return self._adapt(params, support_x, support_y, steps)
-        from metabridge.config import floatx, get_backend
-
-        key = (get_backend(), floatx(), steps)
-        if key not in self._compiled_fns:
-            self._compiled_fns[key] = ops.compile_function(lambda p, x, y: self._adapt(p, x, y, steps))
-        return self._compiled_fns[key](params, support_x, support_y)
+        fn = self._compiled.get(lambda: (lambda p, x, y: self._adapt(p, x, y, steps)), steps)
+        return fn(params, support_x, support_y)
 
     def _adapt(self, params: dict, support_x, support_y, steps: int) -> dict:
         opt = SGD(self.inner_lr) if self.inner_optimizer == "sgd" else Adam(self.inner_lr, beta1=0.0)
@@ -83,8 +99,9 @@ class Reptile:
             params, state = opt.update(params, grads, state)
         return params
 
-    def meta_step(self, params: dict, batch: TaskBatch, step: int) -> tuple[dict, float]:
-        """``(new params, mean support loss before adaptation)`` after one Reptile step."""
+    def meta_value_and_grad(self, params: dict, batch: TaskBatch) -> tuple[float, dict]:
+        """``(mean support loss before adaptation, params - mean adapted params)``:
+        the direction :meth:`outer_optimizer` scales by ``epsilon``."""
         check_batch(batch, self.model, self.loss_name)
         params = {k: ops.asarray(v) for k, v in params.items()}
         sx, sy, _, _ = batch_tensors(batch)
@@ -93,9 +110,14 @@ class Reptile:
             loss_sum += float(ops.to_numpy(self.inner_loss(params, sx[t], sy[t])))
             adapted = self.adapt(params, sx[t], sy[t])
             total = adapted if total is None else {k: total[k] + adapted[k] for k in total}
+        return loss_sum / batch.size, {k: p - total[k] / batch.size for k, p in params.items()}
+
+    def meta_step(self, params: dict, batch: TaskBatch, step: int) -> tuple[dict, float]:
+        """``(new params, mean support loss before adaptation)`` after one Reptile step:
+        ``params + epsilon(step) * (mean adapted - params)``."""
+        loss, direction = self.meta_value_and_grad(params, batch)
         eps = self.epsilon(step)
-        new = {k: p + eps * (total[k] / batch.size - p) for k, p in params.items()}
-        return new, loss_sum / batch.size
+        return {k: ops.asarray(p) - eps * direction[k] for k, p in params.items()}, loss
 
     def predict(self, params: dict, support_x, query_x):
         """Query predictions of adapted ``params``: one batch of all queries
@@ -108,13 +130,15 @@ class Reptile:
                 for j in range(ops.shape(query_x)[0])]
         return ops.concat(rows, 0)
 
+    def predict_episode(self, params: dict, episode: Episode, steps: int | None = None):
+        """Query predictions after ``steps`` (default ``inner_steps``) inner steps, as :meth:`predict` says."""
+        check_batch(single_batch(episode), self.model, self.loss_name)
+        sx, sy, qx = (ops.asarray(a) for a in (episode.support_x, episode.support_y, episode.query_x))
+        return self.predict(self.adapt(params, sx, sy, steps), sx, qx)
+
     def evaluate(self, params: dict, batch: TaskBatch, steps: int | None = None) -> dict:
         """Query loss and metric after adapting with ``steps`` (default ``inner_steps``)
         steps, per task (numpy), predicted as :meth:`predict` says."""
-        import numpy as np
-
-        from metabridge.algorithms.common import metric_fn
-
         check_batch(batch, self.model, self.loss_name)
         metric, name = metric_fn(self.loss_name)
         sx, sy, qx, qy = batch_tensors(batch)

@@ -12,13 +12,19 @@
 
 Evaluation is N-way one-shot: each query goes to the most similar support
 example.
+
+A Siamese network is both the model (its parameters are the encoder's plus the
+head's) and the :class:`~metabridge.algorithms.Algorithm` that trains it on
+pair batches (``trains_on = "pairs"``) and evaluates it on episodes.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from metabridge import ops
-from metabridge.data.episodes import Episode
+from metabridge.algorithms.base import Algorithm
+from metabridge.algorithms.common import l2_norm
+from metabridge.data.episodes import Episode, PairBatch, TaskBatch
 from metabridge.nn.base import Model
 
 DISTANCES = ("l1", "l2", "cosine")
@@ -26,7 +32,7 @@ SIAMESE_LOSSES = ("bce", "contrastive")
 _EPS = 1e-12  # keeps sqrt and the cosine norm differentiable at zero distance
 
 
-class Siamese(Model):
+class Siamese(Model, Algorithm):
     """A Siamese network around an embedding ``encoder`` (any :class:`Model`).
 
     Its parameters are the encoder's plus, for ``loss="bce"``, a head
@@ -40,6 +46,11 @@ class Siamese(Model):
     >>> loss, grads = net.value_and_grad(params, x1, x2, same)   # doctest: +SKIP
     """
 
+    trains_on = "pairs"
+    adapts = False
+    any_ways = True
+    metric_name = "accuracy"
+
     def __init__(self, encoder: Model, distance: str = "l1", loss: str = "bce", margin: float = 1.0):
         if not isinstance(encoder, Model):
             raise ValueError(f"Expected a metabridge.nn.Model encoder. Received: {type(encoder).__name__}")
@@ -51,6 +62,11 @@ class Siamese(Model):
             raise ValueError(f"Expected margin > 0. Received: margin={margin!r}")
         self.encoder, self.distance, self.loss, self.margin = encoder, distance, loss, float(margin)
         self.input_shape = tuple(encoder.input_shape)
+
+    @property
+    def model(self) -> "Siamese":
+        """The network the algorithm trains: the Siamese network itself."""
+        return self
 
     def param_shapes(self):
         shapes = dict(self.encoder.param_shapes())
@@ -74,9 +90,8 @@ class Siamese(Model):
         if self.distance == "l1":
             return ops.sum(ops.abs(e1 - e2), -1)
         if self.distance == "l2":
-            return ops.sqrt(ops.sum(ops.square(e1 - e2), -1) + _EPS)
-        n1 = ops.sqrt(ops.sum(ops.square(e1), -1) + _EPS)
-        n2 = ops.sqrt(ops.sum(ops.square(e2), -1) + _EPS)
+            return l2_norm(e1 - e2, _EPS, keepdims=False)
+        n1, n2 = l2_norm(e1, _EPS, keepdims=False), l2_norm(e2, _EPS, keepdims=False)
         return 1.0 - ops.sum(e1 * e2, -1) / (n1 * n2)
 
     def _same_logit(self, params, e1, e2):
@@ -110,6 +125,11 @@ class Siamese(Model):
         params = {k: ops.asarray(v) for k, v in params.items()}
         return ops.value_and_grad(self.pair_loss)(params, x1, x2, same)
 
+    def meta_value_and_grad(self, params: dict, batch: PairBatch):
+        """``(loss, grads)`` of a :class:`~metabridge.data.PairBatch` (the protocol's training step)."""
+        x1, x2, same = batch
+        return self.value_and_grad(params, x1, x2, same)
+
     def _check_pairs(self, x1, x2, same) -> None:
         s1, s2, ss = (tuple(getattr(a, "shape", np.shape(a))) for a in (x1, x2, same))
         if s1 != s2 or len(s1) < 1 or ss != s1[:1]:
@@ -124,17 +144,43 @@ class Siamese(Model):
             raise ValueError("Expected same to hold only 0.0 and 1.0. Received: other values in same")
 
     # ---- N-way one-shot evaluation --------------------------------------------------------
-    def one_shot_predictions(self, params: dict, support_x, support_y, query_x):
-        """Label of the most similar support example, for each query."""
-        params = {k: ops.asarray(v) for k, v in params.items()}
-        es, eq = self.embed(params, support_x), self.embed(params, query_x)
+    def pair_score_matrix(self, params: dict, eq, es):
+        """``[queries, support]`` :meth:`pair_scores` of every query embedding with every support one."""
         ns, nq = ops.shape(es)[0], ops.shape(eq)[0]
         d = ops.shape(es)[1]
         eq_rep = ops.reshape(ops.stack([eq] * ns, axis=1), (nq * ns, d))
         es_rep = ops.reshape(ops.stack([es] * nq, axis=0), (nq * ns, d))
-        scores = ops.reshape(self.pair_scores(params, eq_rep, es_rep), (nq, ns))
+        return ops.reshape(self.pair_scores(params, eq_rep, es_rep), (nq, ns))
+
+    def one_shot_predictions(self, params: dict, support_x, support_y, query_x):
+        """Label of the most similar support example, for each query."""
+        params = {k: ops.asarray(v) for k, v in params.items()}
+        es, eq = self.embed(params, support_x), self.embed(params, query_x)
+        scores = self.pair_score_matrix(params, eq, es)
         nearest = ops.to_numpy(ops.argmax(scores, -1))
         return np.asarray(ops.to_numpy(ops.asarray(support_y)))[nearest]
+
+    def predict_episode(self, params: dict, episode: Episode, steps: int | None = None):
+        """``[queries, ways]`` scores: for each class, the best pair score of a
+        query against that class's support examples."""
+        if steps is not None:
+            raise ValueError(f"Expected no inner steps for Siamese (it does not adapt). Received: steps={steps!r}")
+        tensors = {k: ops.asarray(v) for k, v in params.items()}
+        es, eq = self.embed(tensors, ops.asarray(episode.support_x)), self.embed(tensors, ops.asarray(episode.query_x))
+        scores = ops.to_numpy(self.pair_score_matrix(tensors, eq, es))
+        labels = np.asarray(ops.to_numpy(ops.asarray(episode.support_y))).astype(np.int64)
+        out = np.full((scores.shape[0], int(labels.max()) + 1), -np.inf, dtype=scores.dtype)
+        for c in range(out.shape[1]):
+            out[:, c] = scores[:, labels == c].max(axis=1)
+        return ops.asarray(out)
+
+    def evaluate(self, params: dict, batch: TaskBatch, steps: int | None = None) -> dict:
+        """Per-episode N-way one-shot accuracy (numpy ``[episodes]``)."""
+        if steps is not None:
+            raise ValueError(f"Expected no inner steps for Siamese (it does not adapt). Received: steps={steps!r}")
+        accs = [self.one_shot_accuracy(params, Episode(batch.support_x[t], batch.support_y[t], batch.query_x[t],
+                                                       batch.query_y[t])) for t in range(batch.size)]
+        return {"accuracy": np.asarray(accs)}
 
     def one_shot_accuracy(self, params: dict, episode: Episode) -> float:
         """Fraction of the episode's queries matched to a support example of their class."""

@@ -18,11 +18,10 @@ their own. The benchmark reports each run's error and their mean over runs.
 which coincide on the official files; here answers are paired by name.)
 
 >>> runs = load_lake_runs("omniglot/python/one-shot-classification")  # doctest: +SKIP
->>> result = score_lake_runs(runs, embedding_similarity(my_embed, "cosine"))  # doctest: +SKIP
->>> result["mean_error"], result["per_run_error"]                     # doctest: +SKIP
 
-Numpy and Pillow only: adapters that use a model import :mod:`metabridge.ops`
-when they are called, so importing this module imports no framework.
+This module reads the runs (numpy and Pillow only); scoring is in
+:mod:`metabridge.data.one_shot` and model similarity functions in
+:mod:`metabridge.algorithms.similarity`.
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ import posixpath
 import re
 import zipfile
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +39,6 @@ from metabridge.data.episodes import Episode
 
 LABELS_FILE = "class_labels.txt"
 _RUN_DIR = re.compile(r"^run\d+$")
-_METRICS = ("l2", "cosine")
 
 
 # ---- preprocessing -------------------------------------------------------------------------------
@@ -285,119 +283,3 @@ def load_lake_runs(root, image_size: int | None = 28, runs: Sequence[int] | None
         return [_read_run(source, n, image_size, dtype) for n in names]
     finally:
         source.close()
-
-
-# ---- scoring -------------------------------------------------------------------------------------
-def _numpy(x) -> np.ndarray:
-    if isinstance(x, (np.ndarray, np.generic, list, tuple, float, int)):
-        return np.asarray(x)
-    from metabridge import ops  # a framework tensor: convert with the active backend
-
-    return np.asarray(ops.to_numpy(x))
-
-
-def _nearest(similarity_fn, queries, support, where: str) -> np.ndarray:
-    scores = _numpy(similarity_fn(queries, support)).astype(np.float64, copy=False)
-    expected = (len(queries), len(support))
-    if scores.shape != expected:
-        raise ValueError(
-            f"Expected similarity_fn(test_images, train_images) of shape [n_test, n_train] = {expected} "
-            f"in {where}. Received: shape {scores.shape}"
-        )
-    if not np.all(np.isfinite(scores)):
-        raise ValueError(f"Expected finite similarity scores in {where}. Received: NaN or inf")
-    return np.argmax(scores, axis=1)
-
-
-def _summary(errors, predictions, names) -> dict:
-    from metabridge.train.evaluation import mean_ci95  # lazy: metabridge.train imports metabridge.data
-
-    errors = np.asarray(errors, dtype=np.float64)
-    mean, ci = mean_ci95(errors)
-    return {"per_run_error": errors, "mean_error": mean, "accuracy": 100.0 - mean, "ci95": ci,
-            "predictions": predictions, "runs": list(names)}
-
-
-def score_lake_runs(runs: Sequence[LakeRun], similarity_fn: Callable) -> dict:
-    """Lake's protocol: error per run and mean error over runs, in percent.
-
-    ``similarity_fn(test_images, train_images)`` returns scores
-    ``[n_test, n_train]``, higher meaning more alike (for a cost, pass its
-    negative). Each test image goes to its best-scoring training image (the
-    first on ties).
-
-    Returns a dict: ``per_run_error`` (percent, one per run), ``mean_error``
-    (percent), ``accuracy`` (``100 - mean_error``), ``ci95`` (half-width of the
-    95% interval of the mean error, see :func:`metabridge.train.mean_ci95`),
-    ``predictions`` (each run's chosen training indices) and ``runs`` (names).
-    """
-    runs = list(runs)
-    if not runs or not all(isinstance(r, LakeRun) for r in runs):
-        raise ValueError(f"Expected a non-empty list of LakeRun from load_lake_runs. Received: {runs!r:.80}")
-    errors, predictions = [], []
-    for run in runs:
-        pred = _nearest(similarity_fn, run.test_images, run.train_images, run.name)
-        errors.append(100.0 * float(np.mean(pred != run.answers)))
-        predictions.append(pred)
-    return _summary(errors, predictions, [r.name for r in runs])
-
-
-def pairwise_similarity(a: np.ndarray, b: np.ndarray, metric: str = "l2") -> np.ndarray:
-    """Similarity ``[len(a), len(b)]`` of two sets of vectors: minus the
-    Euclidean distance (``"l2"``) or the cosine similarity (``"cosine"``)."""
-    if metric not in _METRICS:
-        raise ValueError(f"Expected metric in {_METRICS}. Received: metric={metric!r}")
-    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
-    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"Expected vectors of one size. Received: {a.shape[1]} and {b.shape[1]}")
-    if metric == "l2":
-        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-        return -np.sqrt(np.maximum(sq, 0.0))
-    na = np.linalg.norm(a, axis=1, keepdims=True)
-    nb = np.linalg.norm(b, axis=1, keepdims=True)
-    return (a @ b.T) / np.maximum(na * nb.T, 1e-12)
-
-
-def embedding_similarity(embed_fn: Callable, metric: str = "l2") -> Callable:
-    """A ``similarity_fn`` from an embedding function ``embed_fn(images) -> [n, d]``
-    (numpy or a tensor of the active backend): minus the L2 distance or the
-    cosine similarity between embeddings.
-
-    >>> sim = embedding_similarity(lambda x: x.reshape(len(x), -1))   # raw pixels
-    """
-    if metric not in _METRICS:
-        raise ValueError(f"Expected metric in {_METRICS}. Received: metric={metric!r}")
-    if not callable(embed_fn):
-        raise ValueError(f"Expected a callable embed_fn. Received: {type(embed_fn).__name__}")
-
-    def similarity(test_images, train_images):
-        return pairwise_similarity(_numpy(embed_fn(test_images)), _numpy(embed_fn(train_images)), metric)
-
-    return similarity
-
-
-def siamese_similarity(siamese, params: dict) -> Callable:
-    """A ``similarity_fn`` from a :class:`metabridge.algorithms.Siamese`: its
-    :meth:`~Siamese.pair_scores` (the logit of "same" for ``bce``, minus the
-    distance for ``contrastive``) between the embeddings of every test and
-    training image, on the active backend. Predictions agree with
-    :meth:`Siamese.one_shot_predictions`.
-    """
-    from metabridge import ops
-
-    for name in ("embed", "pair_scores"):
-        if not callable(getattr(siamese, name, None)):
-            raise ValueError(f"Expected a Siamese model with {name}(). Received: {type(siamese).__name__}")
-    tensors = {k: ops.asarray(v) for k, v in params.items()}
-
-    def similarity(test_images, train_images):
-        eq = siamese.embed(tensors, ops.asarray(test_images))
-        es = siamese.embed(tensors, ops.asarray(train_images))
-        nq, ns, d = ops.shape(eq)[0], ops.shape(es)[0], ops.shape(eq)[1]
-        eq_rep = ops.reshape(ops.stack([eq] * ns, axis=1), (nq * ns, d))
-        es_rep = ops.reshape(ops.stack([es] * nq, axis=0), (nq * ns, d))
-        scores = ops.reshape(siamese.pair_scores(tensors, eq_rep, es_rep), (nq, ns))
-        return np.asarray(ops.to_numpy(scores))
-
-    return similarity

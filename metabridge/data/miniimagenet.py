@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metabridge.data.atomic import atomic_file
+from metabridge.utils.atomic import atomic_file
 from metabridge.data.episodes import ArrayDataset
 
 SPLITS = ("train", "val", "test")
@@ -105,7 +105,7 @@ class MiniImageNet(ArrayDataset):
         elif pkl_path.is_file():
             if allow_pickle is not True:
                 raise ValueError(
-                    f"Expected allow_pickle=True to read {pkl_path}: unpickling runs arbitrary code from the "
+                    f"Expected allow_pickle=True (--allow-pickle on the command line) to read {pkl_path}: unpickling runs arbitrary code from the "
                     "file, so only load pickles from a source you trust (or use the CSV layout). "
                     f"Received: allow_pickle={allow_pickle!r}"
                 )
@@ -232,7 +232,7 @@ def _load_cache(path: Path, key: str):
 
 
 def _save_cache(path: Path, key: str, images: np.ndarray, labels: list) -> bool:
-    """Write the cache atomically (see :mod:`metabridge.data.atomic`); False if it cannot."""
+    """Write the cache atomically (see :mod:`metabridge.utils.atomic`); False if it cannot."""
     try:
         with atomic_file(path) as f:
             np.savez(f, key=np.array(key), images=images, labels=np.array(labels, dtype=str))

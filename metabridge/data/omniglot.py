@@ -63,9 +63,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from metabridge.data.atomic import atomic_file
+from metabridge.utils.atomic import atomic_file
 from metabridge.data.episodes import ArrayDataset
-from metabridge.progress import progress
+from metabridge.utils.progress import progress
 
 __all__ = ["Omniglot", "DownloadError", "OMNIGLOT_URL", "OMNIGLOT_MD5", "OMNIGLOT_SUBSETS",
            "download_omniglot"]
@@ -280,7 +280,7 @@ def _read_cache_images(path: str, out: np.ndarray) -> bool:
 
 
 def _write_cache(directory: str, name: str, key: str, arrays: dict) -> str | None:
-    """Write atomically (see :mod:`metabridge.data.atomic`); ``None`` where the folder is not writable."""
+    """Write atomically (see :mod:`metabridge.utils.atomic`); ``None`` where the folder is not writable."""
     target = os.path.join(directory, name)
     try:
         with atomic_file(target) as fh:
@@ -310,8 +310,9 @@ def _writable(directory: str) -> bool:
 
 
 # ---- download ---------------------------------------------------------------------------
-def _download(url: str, target: str, md5: str | None, quiet: bool, timeout: float = 60.0) -> None:
-    """Fetch ``url`` to ``target`` through a temporary file; check length and MD5; rename."""
+def download_file(url: str, target: str, md5: str | None, quiet: bool = True, timeout: float = 60.0) -> None:
+    """Fetch ``url`` to ``target`` through a temporary file; check length and MD5; rename
+    (raises :class:`DownloadError`; nothing is left behind on failure)."""
     name = os.path.basename(target)
     digest, received, expected_len = hashlib.md5(), 0, None
     with atomic_file(target, suffix=".part") as out:
@@ -383,7 +384,7 @@ def download_omniglot(root: str, subset: str = "all", base_url: str = OMNIGLOT_U
             if name not in md5:
                 raise ValueError(f"Expected an MD5 for {name} in md5=. Received: keys {sorted(md5)}")
             url = base_url if base_url.endswith("/") else base_url + "/"
-            _download(url + name + ".zip", target, md5[name], quiet)
+            download_file(url + name + ".zip", target, md5[name], quiet)
         paths.append(_find_source(root, s) or target)
     return paths
 

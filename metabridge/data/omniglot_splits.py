@@ -1,4 +1,4 @@
-"""The Omniglot splits of the literature, rotations, and a fast prefetching episode sampler.
+"""The Omniglot splits of the literature and their rotations.
 
 >>> train = omniglot_split(ds, split="vinyals", part="train", rotations="classes")  # doctest: +SKIP
 >>> train.describe()            # record this with every result               # doctest: +SKIP
@@ -37,7 +37,7 @@ Rotations
     not rotate.
 
 Sampler
-    :class:`FastEpisodeSampler` is an :class:`EpisodeSampler` (same checks, same
+    :class:`~metabridge.data.samplers.FastEpisodeSampler` is an :class:`EpisodeSampler` (same checks, same
     ``episode(i)``/``batch(step, meta_batch)``) whose episode ``i`` is still a pure
     function of ``(seed, i)`` through ``numpy.random.default_rng([seed, i])``, but
     drawn with vectorised index generation and built with one gather per
@@ -48,15 +48,13 @@ Sampler
 from __future__ import annotations
 
 import os
-import queue
-import threading
-from typing import Iterable
 
 import numpy as np
 
-from metabridge.data.episodes import ArrayDataset, Episode, EpisodeSampler, TaskBatch, _check_int
+from metabridge.data.episodes import ArrayDataset, _check_int
+from metabridge.data.samplers import FastEpisodeSampler, rotate_groups
 
-__all__ = ["omniglot_split", "OmniglotSplit", "RotatedImages", "FastEpisodeSampler", "Prefetcher",
+__all__ = ["omniglot_split", "OmniglotSplit", "RotatedImages",
            "OMNIGLOT_SPLITS", "OMNIGLOT_PARTS", "OMNIGLOT_ROTATIONS", "VINYALS_SEED", "VINYALS_SIZES"]
 
 OMNIGLOT_SPLITS = ("lake", "vinyals")
@@ -66,15 +64,6 @@ OMNIGLOT_ROTATIONS = ("none", "classes", "per-task")
 VINYALS_SEED = 1
 #: Characters in train / val / test of the Vinyals split.
 VINYALS_SIZES = (1100, 100, 423)
-
-
-def _rotate_groups(arr: np.ndarray, rots: np.ndarray, axes: tuple[int, int]) -> np.ndarray:
-    """Rotate ``arr[m]`` by ``r * 90`` degrees where ``rots[m] == r`` (in place; returns ``arr``)."""
-    for r in (1, 2, 3):
-        mask = rots == r
-        if mask.any():
-            arr[mask] = np.rot90(arr[mask], r, axes=axes)
-    return arr
 
 
 class RotatedImages:
@@ -108,7 +97,7 @@ class RotatedImages:
             raise IndexError(f"Expected indices in [0, {len(self)}). Received: {idx.min()}..{idx.max()}")
         flat = idx.reshape(-1)
         out = self.base[self.rows[flat >> 2]]
-        _rotate_groups(out, flat & 3, axes=(1, 2))
+        rotate_groups(out, flat & 3, axes=(1, 2))
         return out.reshape(idx.shape + self.shape[1:])
 
     def __array__(self, dtype=None, copy=None):
@@ -249,173 +238,3 @@ def omniglot_split(dataset_or_root, split: str = "vinyals", part: str = "train",
         "num_alphabets": int(len(np.unique(ds.alphabet[rows]))), "omniglot_subset": ds.subset, **cut,
     }
     return OmniglotSplit(x, y, by_class, part_chars, info)
-
-
-class FastEpisodeSampler(EpisodeSampler):
-    """:class:`EpisodeSampler` with vectorised draws, one gather per meta-batch, and prefetching.
-
-    Episode ``i`` uses ``numpy.random.default_rng([seed, i])``: ``ways`` classes
-    by ``rng.choice(..., replace=False)``, then for each class ``shots + queries``
-    distinct examples from one ``rng.random((ways, max_class_size))`` array
-    (argsort of random keys: a uniform random subset in random order), then,
-    with ``rotate_per_task``, one ``rng.integers(4)`` per class: every image of
-    that class in the episode is rotated by that many quarter turns.
-    ``rotate_per_task=None`` takes ``dataset.rotate_per_task`` (``False`` when absent).
-
-    >>> s = FastEpisodeSampler(ds, ways=5, shots=1, queries=15, seed=0)   # doctest: +SKIP
-    >>> s.batch(7, 32)                      # == TaskBatch.stack([s.episode(224 + j) for j in range(32)])
-    >>> for b in s.prefetch(range(7, 100), 32): ...                       # same batches, built ahead
-    """
-
-    def __init__(self, dataset: ArrayDataset, ways: int, shots: int, queries: int, seed: int = 0,
-                 rotate_per_task: bool | None = None):
-        super().__init__(dataset, ways, shots, queries, seed)
-        if rotate_per_task is None:
-            rotate_per_task = bool(getattr(dataset, "rotate_per_task", False))
-        self.rotate_per_task = bool(rotate_per_task)
-        shape = tuple(dataset.x.shape)
-        if self.rotate_per_task and (len(shape) < 3 or shape[1] != shape[2]):
-            raise ValueError("Expected square images [n, S, S, ...] to rotate per task. "
-                             f"Received: x.shape={shape}")
-        sizes = np.array([len(i) for i in dataset.indices_by_class])
-        width = int(sizes.max())
-        self._pool = np.zeros((len(sizes), width), dtype=np.int64)
-        self._invalid = np.arange(width)[None, :] >= sizes[:, None]
-        for c, idx in enumerate(dataset.indices_by_class):
-            self._pool[c, :len(idx)] = idx
-        self._ragged = bool(self._invalid.any())
-        self._labels_s = np.repeat(np.arange(self.ways), self.shots)
-        self._labels_q = np.repeat(np.arange(self.ways), self.queries)
-
-    def _draw(self, index: int):
-        """``(picked [ways, shots + queries], quarter turns [ways] or None)`` of episode ``index``."""
-        rng = np.random.default_rng([self.seed, index])
-        classes = rng.choice(len(self._pool), size=self.ways, replace=False)
-        keys = rng.random((self.ways, self._pool.shape[1]))
-        if self._ragged:
-            keys[self._invalid[classes]] = 2.0  # padding sorts last
-        order = np.argsort(keys, axis=1)[:, :self.shots + self.queries]
-        picked = self._pool[classes[:, None], order]
-        turns = rng.integers(0, 4, size=self.ways) if self.rotate_per_task else None
-        return picked, turns
-
-    def _build(self, indices) -> tuple:
-        draws = [self._draw(i) for i in indices]
-        picked = np.stack([d[0] for d in draws])  # [B, ways, k + q]
-        b, k = len(draws), self.shots
-        x = self.dataset.x
-        sx = x[picked[:, :, :k].reshape(-1)]
-        qx = x[picked[:, :, k:].reshape(-1)]
-        img = sx.shape[1:]
-        sx = sx.reshape((b, self.ways, k) + img)
-        qx = qx.reshape((b, self.ways, self.queries) + img)
-        if self.rotate_per_task:
-            turns = np.stack([d[1] for d in draws])  # [B, ways]
-            _rotate_groups(sx, turns, axes=(2, 3))
-            _rotate_groups(qx, turns, axes=(2, 3))
-        sx = sx.reshape((b, self.ways * k) + img)
-        qx = qx.reshape((b, self.ways * self.queries) + img)
-        sy = np.broadcast_to(self._labels_s, (b, len(self._labels_s))).copy()
-        qy = np.broadcast_to(self._labels_q, (b, len(self._labels_q))).copy()
-        return sx, sy, qx, qy
-
-    def episode(self, index: int) -> Episode:
-        """Episode ``index``: a pure function of ``(seed, index)``."""
-        index = _check_int("index", index, 0)
-        sx, sy, qx, qy = self._build([index])
-        return Episode(sx[0], sy[0], qx[0], qy[0])
-
-    def batch(self, step: int, meta_batch: int) -> TaskBatch:
-        """Meta-batch ``step``: episodes ``step * meta_batch ... + meta_batch - 1``."""
-        meta_batch = _check_int("meta_batch", meta_batch, 1)
-        start = _check_int("step", step, 0) * meta_batch
-        return TaskBatch(*self._build(range(start, start + meta_batch)))
-
-    def prefetch(self, steps, meta_batch: int, buffer: int = 2) -> "Prefetcher":
-        """Iterate ``batch(step, meta_batch)`` for ``step`` in ``steps`` (an int ``n`` means
-        ``range(n)``; any iterable of steps, even endless, works), built ``buffer`` batches
-        ahead on a background thread. Use it as a context manager or ``close()`` it to
-        stop early; an exception in the thread is raised in the consumer."""
-        meta_batch = _check_int("meta_batch", meta_batch, 1)
-        _check_int("buffer", buffer, 1)
-        if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
-            steps = range(_check_int("steps", steps, 0))
-        return Prefetcher(lambda step: self.batch(step, meta_batch), steps, buffer)
-
-
-class Prefetcher:
-    """An iterator over ``make(step)`` for ``step`` in ``steps``, computed on a daemon thread.
-
-    The thread holds no reference to the iterator, so an iterator dropped
-    without ``close()`` stops its thread when it is garbage-collected.
-    """
-
-    def __init__(self, make, steps: Iterable, buffer: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=buffer)
-        self._stop = threading.Event()
-        self._finished = False
-        self._thread = threading.Thread(target=_prefetch_worker,
-                                        args=(make, iter(steps), self._queue, self._stop),
-                                        name="metabridge-prefetch", daemon=True)
-        self._thread.start()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._finished:
-            raise StopIteration
-        ok, item = self._queue.get()
-        if ok and item is _DONE:
-            self.close()
-            raise StopIteration
-        if not ok:
-            self.close()
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop the thread (batches built ahead are dropped)."""
-        self._finished = True
-        self._stop.set()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        stop = getattr(self, "_stop", None)
-        if stop is not None:
-            stop.set()
-
-
-_DONE = object()
-
-
-def _prefetch_worker(make, steps, out: queue.Queue, stop: threading.Event) -> None:
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
-        for step in steps:
-            if stop.is_set() or not put((True, make(step))):
-                return
-    except BaseException as err:  # handed to the consumer
-        put((False, err))
-        return
-    put((True, _DONE))

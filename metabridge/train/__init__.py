@@ -1,8 +1,9 @@
 """Training and evaluation around the algorithms: experiments, run directories, checkpoints."""
-from metabridge.train.evaluation import mean_ci95
-from metabridge.train.experiment import ExperimentConfig, RunResult, parity, run_experiment
-from metabridge.train.loop import resume, train
+from metabridge.train.evaluation import evaluate_run
+from metabridge.train.experiment import Experiment, ExperimentConfig, RunResult, parity
+from metabridge.train.loop import resume, run_experiment, train
 from metabridge.train.run_dir import RunDir, RunOptions
+from metabridge.utils.stats import mean_ci95
 
-__all__ = ["ExperimentConfig", "RunDir", "RunOptions", "RunResult", "mean_ci95", "parity", "resume",
+__all__ = ["Experiment", "ExperimentConfig", "evaluate_run", "RunDir", "RunOptions", "RunResult", "mean_ci95", "parity", "resume",
            "run_experiment", "train"]

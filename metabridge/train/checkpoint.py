@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from metabridge.data.atomic import atomic_file
+from metabridge.utils.atomic import atomic_file
 
 FORMAT = 1
 _NAME = re.compile(r"step-(\d{8})\.json$")

@@ -1,22 +1,14 @@
-"""Evaluation statistics: mean ± 95% confidence interval over test tasks."""
+"""``metabridge eval``: evaluate a run directory's newest checkpoint on any backend."""
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
 
-
-def mean_ci95(values) -> tuple[float, float]:
-    """``(mean, half-width of the 95% CI)`` using the normal approximation
-    ``1.96 * std / sqrt(n)`` (sample std, ``ddof=1``), as few-shot papers report.
-
-    >>> mean_ci95([1.0, 2.0, 3.0])
-    (2.0, 1.1316065276531284)
-    """
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    if arr.size == 0:
-        raise ValueError("Expected at least one value. Received: an empty array")
-    if arr.size == 1:
-        return float(arr[0]), 0.0
-    return float(arr.mean()), float(1.96 * arr.std(ddof=1) / np.sqrt(arr.size))
+from metabridge import config, ops
+from metabridge.train.checkpoint import latest_params
+from metabridge.train.experiment import Experiment
+from metabridge.train.loop import check_compatible
+from metabridge.train.run_dir import RunDir
+from metabridge.utils.stats import mean_ci95
 
 
 def evaluate_run(path: str, backend: str | None = None, episodes: int | None = None,
@@ -29,14 +21,6 @@ def evaluate_run(path: str, backend: str | None = None, episodes: int | None = N
     >>> evaluate_run("runs/protonet", backend="tf", episodes=600)["metric"]   # doctest: +SKIP
     0.9741
     """
-    import dataclasses
-
-    from metabridge import config, ops
-    from metabridge.train.checkpoint import latest_params
-    from metabridge.train.experiment import _Setup
-    from metabridge.train.loop import check_compatible
-    from metabridge.train.run_dir import RunDir
-
     run = RunDir.open(path)
     c = run.config.resolved()
     if floatx is not None:
@@ -46,16 +30,11 @@ def evaluate_run(path: str, backend: str | None = None, episodes: int | None = N
     if episodes is not None and (not isinstance(episodes, int) or episodes < 1):
         raise ValueError(f"Expected episodes >= 1. Received: episodes={episodes!r}")
     params, meta = latest_params(run.checkpoints)
-    previous = config.floatx()
-    config.set_floatx(c.floatx)
-    try:
-        with config.use_backend(backend or run.backend) as name:
-            setup = _Setup(c)
-            check_compatible(setup.init_params(c.seed), params, run.checkpoints)
-            params = {k: ops.asarray(v) for k, v in params.items()}
-            metric, values = setup.evaluate(params, episodes=episodes)
-    finally:
-        config.set_floatx(previous)
+    with config.use_floatx(c.floatx), config.use_backend(backend or run.backend) as name:
+        experiment = Experiment(c)
+        check_compatible(experiment.init_params(c.seed), params, run.checkpoints)
+        params = {k: ops.asarray(v) for k, v in params.items()}
+        metric, values = experiment.evaluate(params, episodes=episodes)
     mean, ci = mean_ci95(values)
     return {"run": path, "backend": name, "trained_on": meta.get("backend"), "step": meta["step"], "floatx": c.floatx,
             "metric_name": metric, "metric": mean, "metric_ci95": ci, "episodes": int(values.size)}

@@ -11,19 +11,19 @@ statistics, as the meta-learned model was trained.
 """
 from __future__ import annotations
 
-from metabridge import config
+from metabridge import backend, config
+from metabridge.native import save_native, to_native
 from metabridge.train.checkpoint import CheckpointError, latest_params
+from metabridge.train.experiment import Experiment
 from metabridge.train.run_dir import RunDir
 
-EXTENSIONS = {"torch": (".pt",), "keras": (".keras",)}
+#: ``--to`` formats and the file extension each is saved with (from the backend table).
+EXTENSIONS = {r.native_format: (r.native_extension,) for r in backend.BACKENDS}
 
 
 def export_run(path: str, to: str, output: str) -> str:
     """Write the newest valid checkpoint of run ``path`` as a TorchScript (``to="torch"``,
     ``.pt``) or Keras (``to="keras"``, ``.keras``) file at ``output``; returns ``output``."""
-    from metabridge.native import save_native, to_native
-    from metabridge.train.experiment import _Setup
-
     if to not in EXTENSIONS:
         raise ValueError(f"Expected to in {tuple(EXTENSIONS)}. Received: to={to!r}")
     if not output.endswith(EXTENSIONS[to]):
@@ -32,19 +32,13 @@ def export_run(path: str, to: str, output: str) -> str:
     run = RunDir.open(path)
     c = run.config.resolved()
     params, _ = latest_params(run.checkpoints)
-    previous = config.floatx()
-    config.set_floatx(c.floatx)
-    try:
-        with config.use_backend(run.backend):
-            setup = _Setup(c, input_shape=run.input_shape)  # no data needed when the run recorded its shape
-            model = getattr(setup.model, "encoder", setup.model)
-            names = set(model.param_shapes())
-            own = {k: v for k, v in params.items() if k in names}
-            if set(own) != names:
-                raise CheckpointError(f"Expected the parameters of {type(model).__name__} in {run.checkpoints}. "
-                                      f"Received: missing {sorted(names - set(own))[:5]}")
-            native = to_native(model, own, "torch" if to == "torch" else "keras")
-            save_native(native, output)
-    finally:
-        config.set_floatx(previous)
+    with config.use_floatx(c.floatx), config.use_backend(run.backend):
+        experiment = Experiment(c, input_shape=run.input_shape)  # no data needed when the run recorded its shape
+        model = getattr(experiment.model, "encoder", experiment.model)
+        names = set(model.param_shapes())
+        own = {k: v for k, v in params.items() if k in names}
+        if set(own) != names:
+            raise CheckpointError(f"Expected the parameters of {type(model).__name__} in {run.checkpoints}. "
+                                  f"Received: missing {sorted(names - set(own))[:5]}")
+        save_native(to_native(model, own, to), output)
     return output

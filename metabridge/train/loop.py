@@ -18,8 +18,7 @@ import time
 import numpy as np
 
 from metabridge import config, ops
-from metabridge.optim import Adam, StepDecay
-from metabridge.progress import progress
+from metabridge.utils.progress import progress
 from metabridge.train.checkpoint import (
     CheckpointError,
     load_latest,
@@ -27,16 +26,11 @@ from metabridge.train.checkpoint import (
     save_checkpoint,
     split_tensors,
 )
-from metabridge.train.evaluation import mean_ci95
-from metabridge.train.experiment import ExperimentConfig, RunResult, _Setup
+from metabridge.train.experiment import Experiment, ExperimentConfig, RunResult
 from metabridge.train.run_dir import RunDir, RunOptions, write_json_atomic
+from metabridge.utils.stats import mean_ci95
 
 VALIDATION_OFFSET = 1_000_000  # validation episodes never coincide with the final test episodes
-
-
-def _optimizer(c: ExperimentConfig) -> Adam:
-    lr = c.outer_lr if c.lr_decay_every is None else StepDecay(c.outer_lr, c.lr_decay_every, c.lr_decay)
-    return Adam(lr=lr)
 
 
 def check_compatible(setup_params: dict, saved: dict, where: str) -> None:
@@ -119,16 +113,14 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
     if run_dir is not None:
         RunDir.check_new(run_dir)
         options = (options or RunOptions()).checked()
-    previous_floatx = config.floatx()
-    config.set_floatx(c.floatx)
     tb = None
     try:
-        with config.use_backend(backend) as name:
-            setup = _Setup(c)
+        with config.use_floatx(c.floatx), config.use_backend(backend) as name:
+            setup = Experiment(c)
             if run_dir is not None:
                 run = RunDir.create(run_dir, c, options, name, input_shape=setup.input_shape)
             init = setup.init_params(c.seed)
-            opt = _optimizer(c)
+            opt = setup.optimizer()
             params = {k: ops.asarray(v) for k, v in init.items()}
             state = opt.init(params)
             start, elapsed_before, kept = 0, 0.0, []
@@ -149,14 +141,10 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
             bar = progress(range(start, c.steps), c.steps - start, f"{c.algo}/{c.dataset} [{name}]", quiet)
             t0, pending, postfix = time.perf_counter(), [], {}
             for step in bar:
-                if c.algo == "reptile":  # its outer update is not a gradient step
-                    new_params, value = setup.algorithm.meta_step(params, setup.train_batch(step), step)
-                    new_state, bad = state, None if math.isfinite(value) else f"meta-loss {value}"
-                else:
-                    loss, grads = setup.train_step_loss_and_grad(params, step)
-                    value = float(ops.to_numpy(loss))
-                    bad = None if math.isfinite(value) else f"meta-loss {value}"
-                    new_params, new_state = opt.update(params, grads, state) if bad is None else (None, None)
+                loss, direction = setup.loss_and_grad(params, step)
+                value = float(loss) if isinstance(loss, (int, float)) else float(ops.to_numpy(loss))
+                bad = None if math.isfinite(value) else f"meta-loss {value}"
+                new_params, new_state = opt.update(params, direction, state) if bad is None else (None, None)
                 if bad is None and not _all_finite({**new_params, **{k: v for k, v in new_state.items() if k != "step"}}):
                     bad = f"parameters or optimizer state after the update (meta-loss {value:.6g})"
                 if bad is not None:
@@ -209,7 +197,17 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
     finally:
         if tb is not None:
             tb.close()
-        config.set_floatx(previous_floatx)
+
+
+def run_experiment(cfg: ExperimentConfig, backend: str, quiet: bool = False) -> RunResult:
+    """Train and evaluate ``cfg`` on ``backend``; parameters come back as numpy
+    (no run directory: see :func:`metabridge.train.loop.train` for one).
+
+    >>> res = run_experiment(ExperimentConfig(steps=10, test_tasks=20), "torch")  # doctest: +SKIP
+    >>> res.metric_name
+    'mse'
+    """
+    return train(cfg, backend, None, quiet=quiet)
 
 
 def resume(path: str, quiet: bool = False) -> RunResult:

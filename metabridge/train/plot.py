@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from metabridge.data.atomic import atomic_file
+from metabridge.utils.atomic import atomic_file
 from metabridge.train.run_dir import RunDir
 
 

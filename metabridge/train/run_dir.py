@@ -22,7 +22,10 @@ import platform
 import time
 from dataclasses import dataclass
 
-from metabridge.data.atomic import atomic_file
+from metabridge import backend as _backends
+from metabridge.train.experiment import ExperimentConfig
+from metabridge.utils.atomic import atomic_file
+from metabridge.version import __version__
 
 RUN_FORMAT = 1
 
@@ -57,10 +60,8 @@ class RunOptions:
 def _versions(backend: str) -> dict:
     import importlib.metadata as md
 
-    import metabridge
-
-    out = {"metabridge": metabridge.__version__, "python": platform.python_version()}
-    dist = {"torch": "torch", "tensorflow": "tensorflow"}.get(backend)
+    out = {"metabridge": __version__, "python": platform.python_version()}
+    dist = _backends.record(backend).framework_module if backend in _backends.NAMES else None
     for name in ([dist] if dist else []):
         for candidate in (name, name + "-cpu"):
             try:
@@ -81,8 +82,6 @@ class RunDir:
     """A run directory on disk (see the module docstring)."""
 
     def __init__(self, path: str, record: dict):
-        from metabridge.train.experiment import ExperimentConfig
-
         self.path = path
         self.record = record
         where = os.path.join(path, "config.json")

@@ -30,11 +30,17 @@ def configure(name: str) -> None:
         )
 
 
-def placement():
-    """A context manager placing new tensors on the configured device."""
+def native_device() -> str | None:
+    """TensorFlow's name of the device new tensors are placed on (``"/CPU:0"``, ``"/GPU:N"``)."""
     name = config.get_device()
     if name == "cpu":
-        return tf.device("/CPU:0")
+        return "/CPU:0"
     if name.startswith("gpu"):
-        return tf.device(f"/GPU:{name.split(':')[1]}")
-    return contextlib.nullcontext()
+        return f"/GPU:{name.split(':')[1]}"
+    return None
+
+
+def placement():
+    """A context manager placing new tensors on the configured device."""
+    device = native_device()
+    return tf.device(device) if device is not None else contextlib.nullcontext()

@@ -22,9 +22,14 @@ def configure(name: str) -> None:
         )
 
 
-def torch_device() -> torch.device:
+def native_device() -> torch.device:
     """The ``torch.device`` new tensors are placed on."""
     name = config.get_device()
     if name == "cpu":
         return torch.device("cpu")
     return torch.device(f"cuda:{name.split(':')[1]}")
+
+
+def placement():
+    """A context manager placing new tensors on the configured device."""
+    return native_device()  # a torch.device is a context manager that sets the default device

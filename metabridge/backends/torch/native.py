@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from metabridge.backends.torch.device import torch_device
+from metabridge.backends.torch.device import native_device
 
 FRAMEWORK = "torch"
 MODES = ("train", "eval_batch", "eval_running")
@@ -152,7 +152,7 @@ class Adapter:
             first = next(iter(self.module.parameters()))
             dtype, device = first.dtype, first.device
         except StopIteration:
-            dtype, device = torch.get_default_dtype(), torch_device()
+            dtype, device = torch.get_default_dtype(), native_device()
         x = torch.as_tensor(np.random.default_rng(0).standard_normal((2, *self.input_shape)),
                             dtype=dtype, device=device)
         params = dict(self.module.named_parameters())
@@ -254,7 +254,7 @@ def build(spec: dict, params: dict[str, np.ndarray], state: dict | None) -> nn.M
         layers = _mlp_layers(spec, params, dtype)
     else:
         layers = _conv4_layers(spec, params, state, dtype)
-    return nn.Sequential(*layers).to(device=torch_device()).train()
+    return nn.Sequential(*layers).to(device=native_device()).train()
 
 
 def _tensor(value) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from metabridge import config
-from metabridge.backends.torch.device import torch_device
+from metabridge.backends.torch.device import native_device
 
 TENSOR_TYPES = (torch.Tensor,)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64,
@@ -36,7 +36,7 @@ def asarray(x, dtype: str | None = None):
             dtype = "bool"
         else:
             raise TypeError(f"Expected a numeric array. Received: dtype={arr.dtype}")
-    return torch.as_tensor(np.ascontiguousarray(arr), dtype=_DTYPES[dtype], device=torch_device())
+    return torch.as_tensor(np.ascontiguousarray(arr), dtype=_DTYPES[dtype], device=native_device())
 
 
 def to_numpy(x) -> np.ndarray:
@@ -98,7 +98,7 @@ def ones_like(x):
 
 
 def zeros(shape, dtype: str):
-    return torch.zeros(shape, dtype=_DTYPES[dtype], device=torch_device())
+    return torch.zeros(shape, dtype=_DTYPES[dtype], device=native_device())
 
 
 # ---- reductions ----------------------------------------------------------------
