@@ -116,8 +116,21 @@ def test_compare_on_omniglot_records_the_protocol(both_backends, omniglot_root, 
 
 
 def test_omniglot_without_data_dir_is_a_clear_error(capsys):
-    assert main(["train", "--algo", "maml", "--dataset", "omniglot", "--steps", "1"]) == 2
+    """Without --data-dir Omniglot comes from the embedded 28x28 copy; other sizes need the archives."""
+    assert main(["train", "--algo", "maml", "--dataset", "omniglot", "--image-size", "105", "--steps", "1"]) == 2
     assert "Expected --data-dir" in capsys.readouterr().err
+    assert main(["train", "--algo", "maml", "--dataset", "miniimagenet", "--steps", "1"]) == 2
+    assert "Expected --data-dir" in capsys.readouterr().err
+
+
+def test_omniglot_without_data_dir_uses_the_embedded_copy(both_backends, capsys):
+    code = main(["compare", "--algo", "protonet", "--dataset", "omniglot", "--steps", "2", "--meta-batch", "2",
+                 "--test-tasks", "4", "--floatx", "float64", "--quiet", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    data = report["results"]["torch"]["data"]
+    assert data["source"] == "embedded" and data["train"]["split"] == "vinyals"
+    assert report["parity"]["max_rel_loss_diff"] < 1e-9
 
 
 def test_non_finite_loss_stops_with_the_step_number(backend, capsys):

@@ -21,6 +21,7 @@ from metabridge.data import (
     TieredImageNet,
     WithinAlphabetEpisodeSampler,
     load_digits,
+    load_embedded_omniglot,
     omniglot_split,
 )
 from metabridge.nn import MLP, Conv4
@@ -73,27 +74,41 @@ def digits_backbone(input_shape: tuple, out_features: int | None):
 
 
 # ---- Omniglot ------------------------------------------------------------------------------------
+def _omniglot(c, subset: str):
+    """Omniglot's ``subset`` from the archives in ``--data-dir``, or else from the
+    28×28 copy embedded in the package (identical images, see ``tools/make_embedded_omniglot.py``)."""
+    size = c.image_size or 28
+    if c.data_dir:
+        return Omniglot(c.data_dir, subset, image_size=size, download=c.download)
+    if size != 28 or c.download:
+        raise ValueError(f"Expected --data-dir (the folder of the {c.dataset} archives) for image_size {size}"
+                         f"{' or --download' if c.download else ''}: the embedded copy is 28x28. "
+                         "Received: data_dir=None")
+    return load_embedded_omniglot(subset)
+
+
 def omniglot_sources(c, trains_on: str) -> Sources:
     """Episodes: the chosen split's train/test (and val) parts with the chosen
     rotations. Pairs (Koch et al.): pairs from Lake's background set, N-way
-    one-shot episodes within one alphabet of the evaluation set."""
-    root = _need_data_dir(c)
+    one-shot episodes within one alphabet of the evaluation set. Without
+    ``--data-dir`` the images come from the copy embedded in the package."""
     size = c.image_size or 28
-    load = {"image_size": size, "download": c.download}
     if trains_on == "pairs":
-        background = Omniglot(root, "background", **load)
-        evaluation = Omniglot(root, "evaluation", **load)
+        background = _omniglot(c, "background")
+        evaluation = _omniglot(c, "evaluation")
         test = WithinAlphabetEpisodeSampler.from_dataset(evaluation, c.test_ways, 1, 1, seed=c.seed + 1)
         describe = {"dataset": c.dataset, "split": "lake", "train": "background (pairs)",
-                    "test": "evaluation, within-alphabet one-shot", "rotations": "none", "image_size": size}
+                    "test": "evaluation, within-alphabet one-shot", "rotations": "none", "image_size": size,
+                    "source": "archives" if c.data_dir else "embedded"}
         return Sources((size, size, 1), train=PairSampler(background, c.meta_batch, c.seed), test=test,
                        describe=describe)
-    data = Omniglot(root, "all" if c.split == "vinyals" else "background", **load)
+    data = _omniglot(c, "all" if c.split == "vinyals" else "background")
     train = omniglot_split(data, c.split, "train", rotations=c.rotations)
     if c.split == "lake":
-        data = Omniglot(root, "evaluation", **load)
+        data = _omniglot(c, "evaluation")
     test = omniglot_split(data, c.split, "test", rotations=c.rotations)
-    describe = {"train": train.describe(), "test": test.describe(), "image_size": size}
+    describe = {"train": train.describe(), "test": test.describe(), "image_size": size,
+                "source": "archives" if c.data_dir else "embedded"}
     val = None
     if c.split == "vinyals":  # Lake's split has no validation characters
         val_part = omniglot_split(data, c.split, "val", rotations=c.rotations)
@@ -137,7 +152,7 @@ DIGITS = register_dataset(DatasetRecipe(
     description="scikit-learn's 8x8 digits (0-4 train, 5-9 test), shipped with scikit-learn"))
 OMNIGLOT = register_dataset(DatasetRecipe(
     "omniglot", omniglot_sources, omniglot_backbone, defaults=dict(_CLASSIFICATION),
-    description="Omniglot from the official archives (--data-dir, --download)"))
+    description="Omniglot: the embedded 28x28 copy, or the official archives (--data-dir, --download)"))
 MINIIMAGENET = register_dataset(DatasetRecipe(
     "miniimagenet", miniimagenet_sources, miniimagenet_backbone, defaults=dict(_CLASSIFICATION),
     description="miniImageNet, Ravi & Larochelle's split (--data-dir)"))
