@@ -18,9 +18,12 @@ from dataclasses import asdict
 
 from metabridge import backend as _table
 from metabridge import config
-from metabridge.algorithms.siamese import DISTANCES, SIAMESE_LOSSES
+from metabridge.algorithms.siamese import (DISTANCES, SIAMESE_ENCODERS, SIAMESE_HEADS, SIAMESE_INITS,
+                                          SIAMESE_LOSSES, SIAMESE_OPTIMIZERS, SIAMESE_PAIRS)
 from metabridge.recipes import DEFAULT_COMPARE, dataset_names, get_recipe, recipe_names
 from metabridge.train import RunDir, RunOptions, evaluate_run, resume, run_experiment, train
+from metabridge.train.baselines import compute_baselines
+from metabridge.train.experiment import Experiment
 from metabridge.train.config_file import RUN_KEYS, load_config_file, split_values
 from metabridge.train.experiment import ROTATIONS, SPLITS, ExperimentConfig, parity
 from metabridge.train.export_run import EXTENSIONS, export_run
@@ -32,7 +35,8 @@ S = argparse.SUPPRESS  # flags not given stay absent, so a config file's values 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=S, help="TOML file with any of these flags as keys (flags override it)")
     p.add_argument("--algo", choices=recipe_names(), default=S,
-                   help=f"algorithm (compare without one runs {', '.join(DEFAULT_COMPARE)})")
+                   help="algorithm (compare without one runs " + ", ".join(f"{a} on {d.get('dataset', 'its data set')}"
+                                                              for a, d in DEFAULT_COMPARE) + ")")
     p.add_argument("--dataset", choices=dataset_names(), default=S,
                    help="data set (default: the algorithm's: " + ", ".join(
                        f"{n} {get_recipe(n).default_dataset}" for n in recipe_names()) + ")")
@@ -58,6 +62,26 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
                    help="skip the compiled path (tf.function); in a file: compiled = false")
     p.add_argument("--distance", choices=DISTANCES, default=S, help="Siamese pair distance")
     p.add_argument("--siamese-loss", choices=SIAMESE_LOSSES, default=S)
+    p.add_argument("--siamese-head", choices=SIAMESE_HEADS, default=S,
+                   help="Siamese weighted-L1 head: softplus (non-negative weights, default) or free (Koch's)")
+    p.add_argument("--siamese-init", choices=SIAMESE_INITS, default=S,
+                   help="Siamese start: default (head centred), koch (the paper's), glorot (the old one)")
+    p.add_argument("--siamese-encoder", choices=SIAMESE_ENCODERS, default=S, help="Siamese encoder (default auto)")
+    p.add_argument("--siamese-optimizer", choices=SIAMESE_OPTIMIZERS, default=S,
+                   help="Siamese: adam or koch-sgd (per-layer lrs, momentum schedule, L2)")
+    p.add_argument("--momentum", type=float, default=S, help="koch-sgd: final momentum (default 0.9)")
+    p.add_argument("--momentum-steps", type=int, default=S,
+                   help="koch-sgd: steps for momentum to rise from 0.5 (default: all)")
+    p.add_argument("--l2", type=float, default=S, help="koch-sgd: L2 regularisation (default 0)")
+    p.add_argument("--layer-lr", default=S, help="koch-sgd: per-layer lr factors, e.g. 'head=10,embed=1'")
+    p.add_argument("--within-alphabet", type=float, default=S,
+                   help="Siamese on Omniglot: fraction of different pairs from one alphabet (default 0.5)")
+    p.add_argument("--augment", action="store_const", const=True, default=S,
+                   help="Siamese: Koch's affine distortions of training pairs")
+    p.add_argument("--val-alphabets", type=int, default=S,
+                   help="Siamese on Omniglot: evaluation alphabets that validate (default 10; 0: none)")
+    p.add_argument("--siamese-pairs", choices=SIAMESE_PAIRS, default=S,
+                   help="Siamese: independent pairs (Koch) or all pairs among a batch's --meta-batch classes")
     p.add_argument("--fce", action="store_const", const=True, default=S, help="Matching: full context embeddings")
     p.add_argument("--non-transductive", dest="transductive", action="store_const", const=False, default=S,
                    help="Reptile: each query in its own batch-norm batch; in a file: transductive = false")
@@ -100,7 +124,7 @@ def _fmt_metric(summary: dict) -> str:
     return f"{summary['metric']:.4f} ± {summary['metric_ci95']:.4f}"
 
 
-def _print_table(cfg: ExperimentConfig, results: dict, par: dict | None) -> None:
+def _print_table(cfg: ExperimentConfig, results: dict, par: dict | None, baselines: dict | None = None) -> None:
     title = f"{cfg.algo} on {cfg.dataset}: {cfg.steps} steps, meta-batch {cfg.meta_batch}, {cfg.floatx}, seed {cfg.seed}"
     print(title)
     metric = next(iter(results.values()))["metric_name"]
@@ -113,6 +137,14 @@ def _print_table(cfg: ExperimentConfig, results: dict, par: dict | None) -> None
     if par is not None:
         print(f"  parity: max |Δ param| = {par['max_abs_param_diff']:.3g}, "
               f"max relative Δ loss along the curve = {par['max_rel_loss_diff']:.3g}")
+        if cfg.floatx == "float32" and par["max_rel_loss_diff"] > 1e-3:
+            print("  (float32 curves drift apart: Adam's first steps turn rounding-level gradients, e.g. of "
+                  "convolution biases ahead of batch norm, into full steps; with --floatx float64 the "
+                  "backends agree to rounding)")
+    if baselines:
+        first = next(iter(results.values()))
+        shown = ", ".join(f"{name} {_fmt_metric({**first, **b})}" for name, b in baselines.items())
+        print(f"  baselines on the same {cfg.test_tasks} test episodes: {shown}")
     print()
 
 
@@ -132,17 +164,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
               file=sys.stderr)
         values = {k: v for k, v in values.items() if k not in RUN_KEYS}
     backends = _backends(args.backends)
-    algos = [values.pop("algo")] if "algo" in values else list(DEFAULT_COMPARE)
+    plan = [(values.pop("algo"), {})] if "algo" in values else list(DEFAULT_COMPARE)
     reports = []
-    for algo in algos:
-        cfg, _ = split_values({**values, "algo": algo}, source)
+    for algo, defaults in plan:
+        cfg, _ = split_values({**defaults, **values, "algo": algo}, source)
         report = _report(cfg, {b: run_experiment(cfg, b, quiet=args.quiet) for b in backends})
+        report["baselines"] = _baselines(cfg, backends[0])
         reports.append(report)
         if not args.json:
-            _print_table(cfg, report["results"], report.get("parity"))
+            _print_table(cfg, report["results"], report.get("parity"), report["baselines"])
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else {"experiments": reports}, indent=2))
     return 0
+
+
+def _baselines(cfg: ExperimentConfig, backend: str) -> dict:
+    """The untrained network and a data baseline on the run's test episodes (see train/baselines.py)."""
+    with config.use_floatx(cfg.floatx), config.use_backend(backend):
+        rows = compute_baselines(Experiment(cfg))
+    return {name: {"metric": m, "metric_ci95": ci, "backend": backend} for name, (m, ci) in rows.items()}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -176,7 +216,7 @@ def _print_result(cfg, runs: dict, as_json: bool, run_dir: str | None) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     run = RunDir.open(args.run_dir)
-    result = resume(args.run_dir, quiet=args.quiet)
+    result = resume(args.run_dir, quiet=args.quiet, restart=args.restart)
     return _print_result(run.config.resolved(), {run.backend: result}, args.json, args.run_dir)
 
 
@@ -227,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume_p.add_argument("run_dir")
     resume_p.add_argument("--json", action="store_true")
     resume_p.add_argument("--quiet", action="store_true")
+    resume_p.add_argument("--restart", action="store_true",
+                          help="when no checkpoint of the run verifies, train again from step 0 (rewrites metrics)")
     resume_p.set_defaults(func=cmd_resume)
     ev = sub.add_parser("eval", help="evaluate a run's newest checkpoint (on any backend)")
     ev.add_argument("run_dir")

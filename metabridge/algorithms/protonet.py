@@ -80,9 +80,13 @@ class ProtoNet(Algorithm):
         loss_sum, grad_sum = ops.sum_over_tasks(one_task, (sx, sy, qx, qy), n)
         return loss_sum / n, {k: g / n for k, g in grad_sum.items()}
 
-    def meta_value_and_grad(self, params: dict, batch: TaskBatch):
+    def meta_value_and_grad(self, params: dict, batch: TaskBatch | list):
         """``(mean query loss, gradient)`` over a meta-batch of episodes
-        (through the backend's compiler with ``compiled=True``)."""
+        (through the backend's compiler with ``compiled=True``). ``batch`` may
+        also be a list of :class:`~metabridge.data.Episode` of different ways and
+        shots (``VariableEpisodeSampler``), each taken at its own size."""
+        if isinstance(batch, (list, tuple)):
+            return self._episodes_value_and_grad(params, batch)
         ways = self._ways(batch)
         params = {k: ops.asarray(v) for k, v in params.items()}
         args = batch_tensors(batch)
@@ -90,6 +94,23 @@ class ProtoNet(Algorithm):
             return self._meta_value_and_grad(params, *args, ways)
         fn = self._compiled.get(lambda: (lambda p, a, b, c, d: self._meta_value_and_grad(p, a, b, c, d, ways)), ways)
         return fn(params, *args)
+
+    def _episodes_value_and_grad(self, params: dict, episodes: list):
+        """Mean loss and gradient over episodes of different sizes (one at a time, eager)."""
+        if not episodes or not all(isinstance(ep, Episode) for ep in episodes):
+            raise ValueError("Expected a TaskBatch or a non-empty list of metabridge.data.Episode. "
+                             f"Received: {[type(ep).__name__ for ep in episodes][:3]}")
+        params = {k: ops.asarray(v) for k, v in params.items()}
+        task_grad = ops.value_and_grad(self.task_loss)
+        loss_sum, grad_sum = None, None
+        for ep in episodes:
+            ways = self._ways(single_batch(ep))
+            loss, grads = task_grad(params, *(ops.asarray(a) for a in (ep.support_x, ep.support_y, ep.query_x,
+                                                                       ep.query_y)), ways)
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            grad_sum = grads if grad_sum is None else {k: grad_sum[k] + g for k, g in grads.items()}
+        n = len(episodes)
+        return loss_sum / n, {k: g / n for k, g in grad_sum.items()}
 
     def _no_steps(self, steps) -> None:
         if steps is not None:
@@ -103,9 +124,13 @@ class ProtoNet(Algorithm):
         sx, sy, qx = (ops.asarray(a) for a in (episode.support_x, episode.support_y, episode.query_x))
         return self.logits({k: ops.asarray(v) for k, v in params.items()}, sx, sy, qx, ways)
 
-    def evaluate(self, params: dict, batch: TaskBatch, steps: int | None = None) -> dict:
-        """Per-task query loss and accuracy (numpy arrays ``[tasks]``)."""
+    def evaluate(self, params: dict, batch: TaskBatch | list, steps: int | None = None) -> dict:
+        """Per-task query loss and accuracy (numpy arrays ``[tasks]``); ``batch`` may
+        be a list of episodes of different sizes."""
         self._no_steps(steps)
+        if isinstance(batch, (list, tuple)):
+            out = [self.evaluate(params, single_batch(ep)) for ep in batch]
+            return {k: np.concatenate([o[k] for o in out]) for k in ("loss", "accuracy")}
         ways = self._ways(batch)
         sx, sy, qx, qy = batch_tensors(batch)
         losses, accs = np.zeros(batch.size), np.zeros(batch.size)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from metabridge.data.augment import koch_affine
 from metabridge.data.episodes import ArrayDataset, Episode, PairBatch, TaskBatch, _check_int
 from metabridge.data.prefetch import Prefetcher
 
@@ -87,10 +88,29 @@ class PairSampler:
     Half the pairs share a class (target 1), half do not (target 0). Batch
     ``i`` is a pure function of ``(seed, i)``.
 
+    ``within_alphabet`` (Koch et al. draw pairs within and across alphabets):
+    the fraction of different-class pairs whose second class comes from the
+    first one's alphabet (``alphabet_ids``: one id per image, default the
+    dataset's ``alphabet`` attribute); the others come from any other class.
+    Such negatives are the hard ones one-shot episodes within an alphabet ask
+    about. ``augment``: both images of every pair get Koch et al.'s affine
+    distortion, :func:`metabridge.data.augment.koch_affine` with seed
+    ``seed + 1000`` and the batch index (so draws never reuse the pairs' numbers).
+    With the defaults (0.0, False) batches are those of earlier versions.
+
+    ``all_pairs=True``: ``batch_size`` distinct classes, two distinct examples
+    of each, ``x1[j]`` and ``x2[j]`` of class ``j`` (``same`` all 1): the caller
+    pairs every ``x1[i]`` with every ``x2[j]``, the ``j != i`` pairs being the
+    different ones (:class:`~metabridge.algorithms.Siamese` with
+    ``pairs="all-in-batch"``). With ``within_alphabet > 0`` the classes come in
+    groups of 8 from one alphabet each, so many different pairs share an alphabet.
+
     >>> x1, x2, same = PairSampler(dataset, batch_size=32, seed=0).batch(0)  # doctest: +SKIP
+    >>> PairSampler(background, 128, seed=0, within_alphabet=0.5, augment=True)  # doctest: +SKIP
     """
 
-    def __init__(self, dataset: ArrayDataset, batch_size: int, seed: int = 0):
+    def __init__(self, dataset: ArrayDataset, batch_size: int, seed: int = 0, within_alphabet: float = 0.0,
+                 augment: bool = False, alphabet_ids=None, all_pairs: bool = False):
         self.batch_size = _check_int("batch_size", batch_size, 2)
         self.seed = _check_int("seed", seed, 0)
         if dataset.num_classes < 2:
@@ -100,24 +120,82 @@ class PairSampler:
                 "Expected at least 2 examples per class for positive pairs. "
                 f"Received: {dataset.min_examples_per_class()} in the smallest class"
             )
+        ok = (isinstance(within_alphabet, (int, float)) and not isinstance(within_alphabet, bool)
+              and 0.0 <= within_alphabet <= 1.0)
+        if not ok:
+            raise ValueError(f"Expected 0 <= within_alphabet <= 1. Received: within_alphabet={within_alphabet!r}")
+        if not isinstance(augment, bool):
+            raise ValueError(f"Expected augment true or false. Received: augment={augment!r}")
+        if not isinstance(all_pairs, bool):
+            raise ValueError(f"Expected all_pairs true or false. Received: all_pairs={all_pairs!r}")
+        if all_pairs and self.batch_size > dataset.num_classes:
+            raise ValueError(f"Expected batch_size <= {dataset.num_classes} (classes) with all_pairs. "
+                             f"Received: batch_size={batch_size}")
+        self.within_alphabet, self.augment, self.all_pairs = float(within_alphabet), augment, all_pairs
         self.dataset = dataset
+        self._same_alphabet = None
+        if self.within_alphabet > 0:
+            if alphabet_ids is None:
+                alphabet_ids = getattr(dataset, "alphabet", None)
+            if alphabet_ids is None:
+                raise ValueError("Expected alphabet_ids (or a dataset with an alphabet attribute) for "
+                                 f"within_alphabet > 0. Received: none, within_alphabet={within_alphabet}")
+            alphas = _ids("alphabet_ids", alphabet_ids, len(dataset.y))
+            class_alpha = np.array([alphas[ix[0]] for ix in dataset.indices_by_class])
+            # per class: the other classes of its alphabet (empty for an alphabet of one class)
+            self._same_alphabet = [np.flatnonzero((class_alpha == class_alpha[c]) & (np.arange(len(class_alpha)) != c))
+                                   for c in range(len(class_alpha))]
+            self._alphabet_classes = [np.flatnonzero(class_alpha == a) for a in np.unique(class_alpha)]
+
+    def _distinct_classes(self, rng: np.random.Generator) -> np.ndarray:
+        k, n = self.dataset.num_classes, self.batch_size
+        if self._same_alphabet is None:
+            return rng.choice(k, size=n, replace=False)
+        out: list = []
+        order = rng.permutation(len(self._alphabet_classes))
+        for a in order:  # groups of up to 8 classes of one alphabet
+            members = self._alphabet_classes[a]
+            take = min(8, len(members), n - len(out))
+            out.extend(rng.choice(members, size=take, replace=False).tolist())
+            if len(out) == n:
+                break
+        if len(out) < n:  # fewer alphabets than groups: fill with other classes
+            rest = np.setdiff1d(np.arange(k), out)
+            out.extend(rng.choice(rest, size=n - len(out), replace=False).tolist())
+        return np.asarray(out, dtype=np.int64)
+
+    def _other_class(self, rng: np.random.Generator, c1) -> int:
+        k = self.dataset.num_classes
+        if self._same_alphabet is not None and rng.random() < self.within_alphabet:
+            pool = self._same_alphabet[c1]
+            if len(pool):
+                return int(pool[rng.integers(len(pool))])
+        return int((c1 + rng.integers(1, k)) % k)
 
     def batch(self, index: int) -> PairBatch:
         """``(x1, x2, same)`` with ``same`` a float array of 1.0 / 0.0."""
-        rng = np.random.default_rng([self.seed, _check_int("index", index, 0)])
+        index = _check_int("index", index, 0)
+        rng = np.random.default_rng([self.seed, index])
         ds, n = self.dataset, self.batch_size
-        n_pos = n // 2
+        n_pos = n if self.all_pairs else n // 2
         first, second = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-        for j in range(n):
+        if self.all_pairs:
+            for j, c in enumerate(self._distinct_classes(rng)):
+                first[j], second[j] = rng.choice(ds.indices_by_class[c], size=2, replace=False)
+        for j in range(0 if self.all_pairs else n):
             c1 = rng.integers(ds.num_classes)
             if j < n_pos:
                 a, b = rng.choice(ds.indices_by_class[c1], size=2, replace=False)
             else:
-                c2 = (c1 + rng.integers(1, ds.num_classes)) % ds.num_classes
+                c2 = self._other_class(rng, c1)
                 a, b = rng.choice(ds.indices_by_class[c1]), rng.choice(ds.indices_by_class[c2])
             first[j], second[j] = a, b
         same = (np.arange(n) < n_pos).astype(ds.x.dtype if ds.x.dtype.kind == "f" else np.float32)
-        return PairBatch(ds.x[first], ds.x[second], same)
+        x1, x2 = ds.x[first], ds.x[second]
+        if self.augment:
+            both = koch_affine(np.concatenate([x1, x2]), seed=self.seed + 1000, index=index)
+            x1, x2 = both[:n], both[n:]
+        return PairBatch(x1, x2, same)
 
 
 class FastEpisodeSampler(EpisodeSampler):

@@ -7,6 +7,8 @@ its defaults.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from metabridge.data import (
     CUB,
     FC100,
@@ -41,7 +43,8 @@ def _class_sources(c, train, test, input_shape, describe, trains_on: str) -> Sou
     """Episodes (or pairs) from a train part, N-way episodes from a test part."""
     pairs = trains_on == "pairs"
     test_sampler = EpisodeSampler(test, c.test_ways, 1 if pairs else c.test_shots, c.queries, seed=c.seed + 1)
-    train_sampler = (PairSampler(train, c.meta_batch, c.seed) if pairs
+    train_sampler = (PairSampler(train, c.meta_batch, c.seed, augment=c.augment,
+                                 all_pairs=c.siamese_pairs == "all-in-batch") if pairs
                      else EpisodeSampler(train, c.ways, c.shots, c.queries, c.seed))
     return Sources(input_shape, train=train_sampler, test=test_sampler, describe=describe)
 
@@ -87,21 +90,53 @@ def _omniglot(c, subset: str):
     return load_embedded_omniglot(subset)
 
 
+def koch_alphabet_split(alphabets, val_alphabets: int = 10) -> tuple[list, list]:
+    """``(validation, test)`` alphabets of Omniglot's evaluation set for Siamese
+    runs (Koch et al. validated on 10 of its 20 alphabets and tested on the
+    other 10): in name order, the alphabets at even positions validate, then
+    those at odd positions, until ``val_alphabets`` are taken (at most half of
+    them); the rest test.
+
+    >>> val, test = koch_alphabet_split(load_embedded_omniglot("evaluation").alphabets)  # doctest: +SKIP
+    >>> val[:2], test[:2]                                                              # doctest: +SKIP
+    (['Angelic', 'Atlantean'], ['Atemayar_Qelisayer', 'Aurek-Besh'])
+    """
+    names = sorted({str(a) for a in alphabets})
+    order = names[0::2] + names[1::2]
+    val = set(order[:min(val_alphabets, len(names) // 2)])  # at most half: some always test
+    return [a for a in names if a in val], [a for a in names if a not in val]
+
+
+def _within_alphabet(data, alphabets, ways: int, seed: int):
+    keep = np.isin(data.alphabet, list(alphabets))
+    return WithinAlphabetEpisodeSampler(data.x[keep], data.y[keep], data.alphabet[keep], ways, 1, 1, seed=seed,
+                                        drawer_ids=data.drawer[keep])
+
+
 def omniglot_sources(c, trains_on: str) -> Sources:
     """Episodes: the chosen split's train/test (and val) parts with the chosen
-    rotations. Pairs (Koch et al.): pairs from Lake's background set, N-way
-    one-shot episodes within one alphabet of the evaluation set. Without
-    ``--data-dir`` the images come from the copy embedded in the package."""
+    rotations. Pairs (Koch et al.): balanced pairs from Lake's background set
+    (``within_alphabet`` of the different ones from one alphabet, Koch's
+    distortions with ``augment``); 20-way within-alphabet one-shot episodes of
+    the evaluation set, ``val_alphabets`` of its alphabets validating and the
+    others testing (:func:`koch_alphabet_split`). Without ``--data-dir`` the
+    images come from the copy embedded in the package."""
     size = c.image_size or 28
     if trains_on == "pairs":
         background = _omniglot(c, "background")
         evaluation = _omniglot(c, "evaluation")
-        test = WithinAlphabetEpisodeSampler.from_dataset(evaluation, c.test_ways, 1, 1, seed=c.seed + 1)
+        val_names, test_names = koch_alphabet_split(evaluation.alphabet, c.val_alphabets)
+        test = _within_alphabet(evaluation, test_names, c.test_ways, c.seed + 1)
+        val = _within_alphabet(evaluation, val_names, c.test_ways, c.seed + 2) if val_names else None
         describe = {"dataset": c.dataset, "split": "lake", "train": "background (pairs)",
-                    "test": "evaluation, within-alphabet one-shot", "rotations": "none", "image_size": size,
+                    "within_alphabet": c.within_alphabet, "augment": c.augment, "pairs": c.siamese_pairs,
+                    "test": "evaluation, within-alphabet one-shot", "test_alphabets": test_names,
+                    "val_alphabets": val_names, "rotations": "none", "image_size": size,
                     "source": "archives" if c.data_dir else "embedded"}
-        return Sources((size, size, 1), train=PairSampler(background, c.meta_batch, c.seed), test=test,
-                       describe=describe)
+        pairs = PairSampler(background, c.meta_batch, c.seed, within_alphabet=c.within_alphabet,
+                            augment=c.augment, alphabet_ids=background.alphabet,
+                            all_pairs=c.siamese_pairs == "all-in-batch")
+        return Sources((size, size, 1), train=pairs, test=test, val=val, describe=describe)
     data = _omniglot(c, "all" if c.split == "vinyals" else "background")
     train = omniglot_split(data, c.split, "train", rotations=c.rotations)
     if c.split == "lake":
@@ -165,7 +200,8 @@ def _split_sources(c, trains_on: str, make, describe: dict) -> Sources:
     train, val, test = make("train"), make("val"), make("test")
     shape = tuple(train.x.shape[1:])
     pairs = trains_on == "pairs"
-    train_sampler = (PairSampler(train, c.meta_batch, c.seed) if pairs
+    train_sampler = (PairSampler(train, c.meta_batch, c.seed, augment=c.augment,
+                                 all_pairs=c.siamese_pairs == "all-in-batch") if pairs
                      else FastEpisodeSampler(train, c.ways, c.shots, c.queries, c.seed))
     shots = 1 if pairs else c.test_shots
     return Sources(shape, train=train_sampler,

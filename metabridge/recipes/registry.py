@@ -129,9 +129,17 @@ _plugins_loaded = False
 _lock = threading.RLock()
 
 
-def _check_name(kind: str, name) -> None:
+def _add(table: dict, kind: str, item, replace: bool):
+    """Put ``item`` in ``table`` under its name (checked), refusing to shadow another one unless ``replace``."""
+    name = item.name
     if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"Expected a {kind} name of letters, digits, '-' or '_'. Received: name={name!r}")
+    with _lock:
+        if name in table and not replace and table[name] is not item:
+            raise ValueError(f"Expected a new {kind} name (or replace=True). Received: {name!r}, "
+                             "which is already registered")
+        table[name] = item
+    return item
 
 
 def register_recipe(recipe: Recipe, replace: bool = False) -> Recipe:
@@ -142,19 +150,13 @@ def register_recipe(recipe: Recipe, replace: bool = False) -> Recipe:
     """
     if not isinstance(recipe, Recipe):
         raise ValueError(f"Expected a metabridge.recipes.Recipe. Received: {type(recipe).__name__}")
-    _check_name("recipe", recipe.name)
     if not (isinstance(recipe.algorithm_class, type) and issubclass(recipe.algorithm_class, Algorithm)):
         raise ValueError(f"Expected algorithm_class to be a subclass of metabridge.algorithms.Algorithm. "
                          f"Received: {recipe.algorithm_class!r} for {recipe.name!r}")
     bad = [t for t in recipe.tasks if t not in TASKS]
     if bad or not recipe.tasks:
         raise ValueError(f"Expected tasks among {TASKS}. Received: tasks={recipe.tasks!r} for {recipe.name!r}")
-    with _lock:
-        if recipe.name in _recipes and not replace and _recipes[recipe.name] is not recipe:
-            raise ValueError(f"Expected a new recipe name (or replace=True). Received: {recipe.name!r}, "
-                             "which is already registered")
-        _recipes[recipe.name] = recipe
-    return recipe
+    return _add(_recipes, "recipe", recipe, replace)
 
 
 def register_dataset(dataset: DatasetRecipe, replace: bool = False) -> DatasetRecipe:
@@ -164,15 +166,9 @@ def register_dataset(dataset: DatasetRecipe, replace: bool = False) -> DatasetRe
     """
     if not isinstance(dataset, DatasetRecipe):
         raise ValueError(f"Expected a metabridge.recipes.DatasetRecipe. Received: {type(dataset).__name__}")
-    _check_name("dataset", dataset.name)
     if dataset.task not in TASKS:
         raise ValueError(f"Expected task in {TASKS}. Received: task={dataset.task!r} for {dataset.name!r}")
-    with _lock:
-        if dataset.name in _datasets and not replace and _datasets[dataset.name] is not dataset:
-            raise ValueError(f"Expected a new dataset name (or replace=True). Received: {dataset.name!r}, "
-                             "which is already registered")
-        _datasets[dataset.name] = dataset
-    return dataset
+    return _add(_datasets, "dataset", dataset, replace)
 
 
 def _import_plugin(spec: str) -> None:

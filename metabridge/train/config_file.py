@@ -22,6 +22,8 @@ and impossible values are rejected before anything is trained, naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import sys
 
 if sys.version_info >= (3, 11):
@@ -30,22 +32,15 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from metabridge.train.experiment import ExperimentConfig
-from metabridge.train.run_dir import RunOptions
+from metabridge.train.limits import check_memory
+from metabridge.train.run_dir import RunOptions, allowed_types
+from metabridge.utils.bounded import MAX_JSON_BYTES, read_bounded
 
 # Keys about where and how a run is recorded, beside the experiment's own fields.
 RUN_KEYS: dict[str, tuple[type, ...]] = {"backend": (str,), "run_dir": (str,)}
 RUN_KEYS.update({f.name: (bool,) if f.type == "bool" else (int,) for f in dataclasses.fields(RunOptions)})
 
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
-
-
-def _allowed(annotation: str) -> tuple[tuple[type, ...], bool]:
-    """Python types a dataclass field annotation (a string here) allows, and whether None is allowed."""
-    parts = [p.strip() for p in str(annotation).split("|")]
-    types: tuple[type, ...] = ()
-    for p in parts:
-        types += _TYPES.get(p, ())
-    return types, "None" in parts
+_allowed = allowed_types
 
 
 def field_types() -> dict[str, tuple[tuple[type, ...], bool]]:
@@ -56,14 +51,23 @@ def field_types() -> dict[str, tuple[tuple[type, ...], bool]]:
 
 
 def load_config_file(path: str) -> dict:
-    """The key/value pairs of a TOML experiment file, keys normalised to underscores."""
+    """The key/value pairs of a TOML experiment file (a regular file of at most 1 MiB),
+    keys normalised to underscores.
+
+    >>> load_config_file("examples/protonet_omniglot.toml")["algo"]   # doctest: +SKIP
+    'protonet'
+    """
+    if not os.path.lexists(path):
+        raise ValueError(f"Expected a config file (--config). Received: {path} does not exist")
+    data = read_bounded(os.path.realpath(path), MAX_JSON_BYTES, f"a TOML experiment file (--config {path})")
     try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ValueError(f"Expected a config file. Received: {path} does not exist") from None
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"Expected valid TOML (UTF-8) in {path}. Received: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"Expected valid TOML in {path}. Received: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"Expected valid TOML in {path}. Received: nesting too deep to read") from None
     return {k.replace("-", "_"): v for k, v in raw.items()}
 
 
@@ -80,7 +84,9 @@ def check_values(values: dict, source: str) -> None:
         if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
             names = " or ".join(t.__name__ for t in allowed)
             raise ValueError(f"Expected {key} to be {names} in {source}. "
-                             f"Received: {key}={value!r} ({type(value).__name__})")
+                             f"Received: {key}={value!r:.80} ({type(value).__name__})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"Expected {key} to be finite in {source}. Received: {key}={value!r}")
 
 
 def split_values(values: dict, source: str) -> tuple[ExperimentConfig, dict]:
@@ -90,6 +96,7 @@ def split_values(values: dict, source: str) -> tuple[ExperimentConfig, dict]:
     exp = {k: v for k, v in values.items() if k not in RUN_KEYS}
     try:
         cfg = ExperimentConfig(**exp).resolved()
+        check_memory(cfg)
         RunOptions(**{k: v for k, v in run.items() if k not in ("backend", "run_dir")}).checked()
     except ValueError as exc:
         raise ValueError(f"{exc} (in {source})") from None

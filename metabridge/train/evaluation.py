@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 from metabridge import config, ops
 from metabridge.train.checkpoint import latest_params
 from metabridge.train.experiment import Experiment
-from metabridge.train.loop import check_compatible
+from metabridge.train.loop import check_compatible, expected_checkpoint
 from metabridge.train.run_dir import RunDir
 from metabridge.utils.stats import mean_ci95
 
@@ -22,16 +23,25 @@ def evaluate_run(path: str, backend: str | None = None, episodes: int | None = N
     0.9741
     """
     run = RunDir.open(path)
-    c = run.config.resolved()
+    changed = run.changed_keys()
+    if changed:
+        warnings.warn(f"{run.config_path} was edited since the run was created (keys {changed}); "
+                      f"evaluating with the edited config", stacklevel=2)
+    try:
+        c = run.config.resolved()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{exc} (in {run.config_path})") from None
     if floatx is not None:
         if floatx not in config.FLOATX_CHOICES:
             raise ValueError(f"Expected floatx in {config.FLOATX_CHOICES}. Received: floatx={floatx!r}")
         c = dataclasses.replace(c, floatx=floatx)
     if episodes is not None and (not isinstance(episodes, int) or episodes < 1):
         raise ValueError(f"Expected episodes >= 1. Received: episodes={episodes!r}")
-    params, meta = latest_params(run.checkpoints)
     with config.use_floatx(c.floatx), config.use_backend(backend or run.backend) as name:
         experiment = Experiment(c)
+        # the checkpoint is checked against the run (id, config hash, step range) and the model (names,
+        # shapes, dtypes of parameters and optimizer slots) before its tensors are used
+        params, meta = latest_params(run.checkpoints, expected_checkpoint(run, experiment, c))
         check_compatible(experiment.init_params(c.seed), params, run.checkpoints)
         params = {k: ops.asarray(v) for k, v in params.items()}
         metric, values = experiment.evaluate(params, episodes=episodes)

@@ -16,6 +16,7 @@ from metabridge import config, ops
 from metabridge.data import Episode, PairBatch, TaskBatch
 from metabridge.data.omniglot_splits import OMNIGLOT_ROTATIONS, OMNIGLOT_SPLITS
 from metabridge.optim import StepDecay
+from metabridge.train.limits import check_memory
 from metabridge.recipes import DEFAULT_ALGO, get_dataset, get_recipe, recipes_with
 
 SPLITS = OMNIGLOT_SPLITS
@@ -57,6 +58,19 @@ class ExperimentConfig:
     image_size: int | None = None
     fce: bool = False
     transductive: bool = True
+    # Siamese networks (Koch et al. 2015): head, initialisation, encoder, optimizer, pairs, validation.
+    siamese_head: str = "softplus"
+    siamese_init: str = "default"
+    siamese_encoder: str = "auto"
+    siamese_optimizer: str = "adam"
+    momentum: float = 0.9
+    momentum_steps: int | None = None
+    l2: float = 0.0
+    layer_lr: str | None = None
+    within_alphabet: float = 0.5
+    augment: bool = False
+    val_alphabets: int = 10
+    siamese_pairs: str = "independent"
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with defaults filled in and every value checked. Defaults come
@@ -109,6 +123,11 @@ class ExperimentConfig:
             able = ", ".join(recipes_with(lambda r: "transductive" in r.options))
             raise ValueError(f"Expected transductive = true for {c.algo} (only {able} takes the option). "
                              f"Received: transductive=False")
+        if not (isinstance(c.within_alphabet, (int, float)) and not isinstance(c.within_alphabet, bool)
+                and 0 <= c.within_alphabet <= 1):
+            raise ValueError(f"Expected 0 <= within_alphabet <= 1. Received: within_alphabet={c.within_alphabet!r}")
+        if not isinstance(c.val_alphabets, int) or isinstance(c.val_alphabets, bool) or not 0 <= c.val_alphabets <= 19:
+            raise ValueError(f"Expected 0 <= val_alphabets <= 19. Received: val_alphabets={c.val_alphabets!r}")
         if recipe.validate is not None:
             recipe.validate(c)
         if not recipe.adapts and c.test_inner_steps != c.inner_steps:
@@ -120,6 +139,7 @@ class ExperimentConfig:
                 raise ValueError(f"Expected {name} > 0. Received: {name}={value!r}")
         if c.floatx not in config.FLOATX_CHOICES:
             raise ValueError(f"Expected floatx in {config.FLOATX_CHOICES}. Received: floatx={c.floatx!r}")
+        check_memory(c)
         return c
 
 

@@ -15,6 +15,7 @@ from metabridge import backend, config
 from metabridge.native import save_native, to_native
 from metabridge.train.checkpoint import CheckpointError, latest_params
 from metabridge.train.experiment import Experiment
+from metabridge.train.loop import expected_checkpoint
 from metabridge.train.run_dir import RunDir
 
 #: ``--to`` formats and the file extension each is saved with (from the backend table).
@@ -31,9 +32,9 @@ def export_run(path: str, to: str, output: str) -> str:
                          f"Received: {output}")
     run = RunDir.open(path)
     c = run.config.resolved()
-    params, _ = latest_params(run.checkpoints)
     with config.use_floatx(c.floatx), config.use_backend(run.backend):
         experiment = Experiment(c, input_shape=run.input_shape)  # no data needed when the run recorded its shape
+        params, _ = latest_params(run.checkpoints, expected_checkpoint(run, experiment, c))
         model = getattr(experiment.model, "encoder", experiment.model)
         names = set(model.param_shapes())
         own = {k: v for k, v in params.items() if k in names}

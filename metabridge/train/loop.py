@@ -13,6 +13,7 @@ bit for bit (same backend, same machine).
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -21,12 +22,18 @@ from metabridge import config, ops
 from metabridge.utils.progress import progress
 from metabridge.train.checkpoint import (
     CheckpointError,
+    Expected,
+    checkpoint_paths,
+    list_checkpoints,
     load_latest,
+    read_run_id,
     remove_stale_temporaries,
     save_checkpoint,
     split_tensors,
 )
 from metabridge.train.experiment import Experiment, ExperimentConfig, RunResult
+from metabridge.train.limits import check_memory
+from metabridge.train.lock import RunLock
 from metabridge.train.run_dir import RunDir, RunOptions, write_json_atomic
 from metabridge.utils.stats import mean_ci95
 
@@ -85,6 +92,47 @@ def _log_scalars(writer, records: list[dict]) -> None:
                 writer.scalar(tag, value, record["step"])
 
 
+def expected_checkpoint(run: RunDir, setup: Experiment, c: ExperimentConfig) -> Expected:
+    """What a checkpoint of ``run`` must hold: its id and config hash, a step in
+    ``[1, steps]``, and the names, shapes and dtype (the run's floatx) of every
+    parameter and optimizer slot of ``setup``'s model.
+
+    >>> expected_checkpoint(run, Experiment(run.config.resolved()), run.config.resolved())  # doctest: +SKIP
+    """
+    init = setup.init_params(c.seed)
+    state = setup.optimizer().init({k: ops.asarray(v) for k, v in init.items()})
+    names = [f"params/{k}" for k in init] + [f"opt/{k}" for k in state if k != "step"]
+    shapes = {f"params/{k}": np.shape(v) for k, v in init.items()}
+    shapes.update({f"opt/{k}": tuple(ops.to_numpy(v).shape) for k, v in state.items() if k != "step"})
+    floatx = run.config.floatx
+    return Expected(run.id, run.config_sha256, c.steps, {n: (tuple(shapes[n]), floatx) for n in names},
+                    meta={"floatx": floatx, "algo": c.algo})
+
+
+def _has_progress(run: RunDir) -> bool:
+    """Whether anything a restart would overwrite exists: checkpoint files, metric lines, result.json."""
+    ckpt = os.path.isdir(run.checkpoints) and any(n.startswith("step-") for n in os.listdir(run.checkpoints))
+    metrics = os.path.lexists(run.metrics_path) and os.path.getsize(run.metrics_path) > 0
+    return ckpt or metrics or os.path.lexists(run.result_path)
+
+
+def _check_no_foreign_ahead(run: RunDir, start: int, steps: int) -> None:
+    """Refuse up front when a checkpoint of another run sits where this run will write one."""
+    every = run.options.checkpoint_every
+    due = {s for s in range(start + 1, steps + 1) if s % every == 0 or s == steps}
+    for s in sorted(due):
+        for path in checkpoint_paths(run.checkpoints, s):
+            if os.path.lexists(path) and not (os.path.islink(path) or os.path.isfile(path)):
+                raise CheckpointError(f"Expected a regular file or nothing at {path}, where this run writes a "
+                                      f"checkpoint. Received: something else (a directory, FIFO or device; move it "
+                                      f"away)")
+    for meta_path in list_checkpoints(run.checkpoints):
+        readable, owner = read_run_id(meta_path)
+        if readable and owner != run.id and any(checkpoint_paths(run.checkpoints, s)[1] == meta_path for s in due):
+            raise CheckpointError(f"Expected no checkpoint of another run where this run writes its own. "
+                                  f"Received: {meta_path} belongs to run {owner} (move it away)")
+
+
 def _check_run_matches(run: RunDir, c: ExperimentConfig, backend: str) -> None:
     if c != run.config.resolved() or config.canonical_backend_name(backend) != run.backend:
         raise ValueError(f"Expected the config and backend recorded in {run.path} (use resume()). "
@@ -92,7 +140,7 @@ def _check_run_matches(run: RunDir, c: ExperimentConfig, backend: str) -> None:
 
 
 def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet: bool = False, *,
-          run_dir: str | None = None, options: RunOptions | None = None) -> RunResult:
+          run_dir: str | None = None, options: RunOptions | None = None, restart: bool = False) -> RunResult:
     """Train ``cfg`` on ``backend`` and evaluate on its test episodes.
 
     ``run_dir`` (with ``options``) records a new run there: steps go to
@@ -102,31 +150,51 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
     :class:`RunDir`, of this config and backend) continues from its newest
     valid checkpoint, as :func:`resume` does.
 
+    Writers hold the run's lock (:class:`~metabridge.train.lock.RunLock`); a
+    directory holding any part of a run is never adopted by a new one; when
+    checkpoints exist but none verifies, nothing is changed and a
+    :class:`CheckpointError` says so, unless ``restart=True`` (train again from
+    step 0, rewriting metrics.jsonl).
+
     >>> res = train(ExperimentConfig(steps=20), "torch", run_dir="runs/a",
     ...             options=RunOptions(checkpoint_every=5))    # doctest: +SKIP
     """
     c = cfg.resolved()
     if run is not None and run_dir is not None:
         raise ValueError(f"Expected run or run_dir, not both. Received: run={run.path!r}, run_dir={run_dir!r}")
+    lock = None
     if run is not None:
+        run.check_unchanged()
         _check_run_matches(run, c, backend)
+        run.check_no_links()
+        lock = RunLock(run.path).acquire()
     if run_dir is not None:
         RunDir.check_new(run_dir)
         options = (options or RunOptions()).checked()
     tb = None
     try:
+        check_memory(c)
         with config.use_floatx(c.floatx), config.use_backend(backend) as name:
             setup = Experiment(c)
             if run_dir is not None:
+                lock = RunLock(run_dir).acquire()
                 run = RunDir.create(run_dir, c, options, name, input_shape=setup.input_shape)
             init = setup.init_params(c.seed)
             opt = setup.optimizer()
             params = {k: ops.asarray(v) for k, v in init.items()}
             state = opt.init(params)
-            start, elapsed_before, kept = 0, 0.0, []
+            start, elapsed_before, kept, last_saved = 0, 0.0, [], None
             if run is not None:
-                remove_stale_temporaries(run.checkpoints)
-                saved = load_latest(run.checkpoints)
+                reasons: list[str] = []
+                saved = None
+                if os.path.isdir(run.checkpoints):
+                    saved = load_latest(run.checkpoints, expected_checkpoint(run, setup, c), reasons)
+                if saved is None and not restart and _has_progress(run):
+                    raise CheckpointError(
+                        f"Expected a checkpoint of this run that verifies in {run.checkpoints} to resume from. "
+                        f"Received: none ({'; '.join(reasons) or 'no checkpoint files'}); nothing was changed. "
+                        f"`metabridge resume --restart {run.path}` trains again from step 0, rewriting "
+                        f"metrics.jsonl")
                 if saved is not None:
                     tensors, meta = saved
                     p, slots, _ = split_tensors(tensors)
@@ -134,6 +202,9 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                     params = {k: ops.asarray(p[k]) for k in init}
                     state = {"step": int(meta["opt_step"]), **{k: ops.asarray(v) for k, v in slots.items()}}
                     start, elapsed_before = int(meta["step"]), float(meta.get("seconds", 0.0))
+                    last_saved = meta["step"]
+                _check_no_foreign_ahead(run, start, c.steps)
+                remove_stale_temporaries(run.checkpoints)
                 kept = run.truncate_metrics(start)
                 tb = _tensorboard(run, kept)
             losses = [r["loss"] for r in kept if "loss" in r]
@@ -150,9 +221,15 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 if bad is not None:
                     if run is not None:
                         run.append_metrics(pending)
-                    raise FloatingPointError(
-                        f"Non-finite {bad} at step {step}; stopping. The last good checkpoint is kept"
-                        + (f" in {run.checkpoints}." if run is not None else "."))
+                    if run is None:
+                        kept_note = " No run directory: nothing was saved."
+                    elif last_saved is None:
+                        kept_note = (f" No checkpoint was written yet (the first is due at step "
+                                     f"{min(run.options.checkpoint_every, c.steps)}; --checkpoint-every).")
+                    else:
+                        kept_note = (f" The last good checkpoint (step {last_saved}) is kept in "
+                                     f"{run.checkpoints}.")
+                    raise FloatingPointError(f"Non-finite {bad} at step {step}; stopping.{kept_note}")
                 params, state = new_params, new_state
                 losses.append(value)
                 seconds = elapsed_before + time.perf_counter() - t0
@@ -177,9 +254,11 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                     if tb is not None:
                         tb.flush()
                     meta = {"opt_step": int(state["step"]), "seconds": seconds, "backend": name,
-                            "floatx": c.floatx, "algo": c.algo}
+                            "floatx": c.floatx, "algo": c.algo, "run_id": run.id,
+                            "config_sha256": run.config_sha256}
                     save_checkpoint(run.checkpoints, done, _checkpoint_tensors(params, state), meta,
                                     keep=run.options.keep)
+                    last_saved = done
             if run is not None:
                 run.append_metrics(pending)
             trained_steps = max(c.steps - start, 1)
@@ -197,6 +276,8 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
     finally:
         if tb is not None:
             tb.close()
+        if lock is not None:
+            lock.release()
 
 
 def run_experiment(cfg: ExperimentConfig, backend: str, quiet: bool = False) -> RunResult:
@@ -210,7 +291,14 @@ def run_experiment(cfg: ExperimentConfig, backend: str, quiet: bool = False) -> 
     return train(cfg, backend, None, quiet=quiet)
 
 
-def resume(path: str, quiet: bool = False) -> RunResult:
-    """Continue the run in ``path`` from its newest valid checkpoint, on the backend it was started on."""
+def resume(path: str, quiet: bool = False, restart: bool = False) -> RunResult:
+    """Continue the run in ``path`` from its newest valid checkpoint, on the backend it was started on.
+
+    Refused, changing nothing, when config.json was edited, another process holds
+    the run, or checkpoints exist and none verifies (``restart=True``: train again
+    from step 0 instead).
+
+    >>> result = resume("runs/a")    # doctest: +SKIP
+    """
     run = RunDir.open(path)
-    return train(run.config, run.backend, run, quiet=quiet)
+    return train(run.config, run.backend, run, quiet=quiet, restart=restart)

@@ -2,7 +2,9 @@
 
 Data goes to a temporary file in the target's folder, is flushed and fsynced,
 then renamed over the target (``os.replace``, atomic on POSIX and Windows). On
-any error the temporary file is removed and the target is left as it was.
+any error the temporary file is removed and the target is left as it was; an
+``OSError`` (a full disk, say) names the target file. A symlink at the target is
+replaced, never followed.
 """
 from __future__ import annotations
 
@@ -33,6 +35,12 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Binar
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         _fsync_directory(directory)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if path in str(exc) or exc.errno is None:
+            raise
+        raise OSError(exc.errno, f"{exc.strerror} (writing {path})") from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

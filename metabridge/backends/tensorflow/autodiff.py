@@ -59,6 +59,12 @@ def compile_function(fn: Callable) -> Callable:
     source rewriting only adds tracing time. Shapes stay static (no
     ``reduce_retracing``): a new meta-batch size traces once more, and the task
     loop keeps a known trip count.
+
+    XLA (``jit_compile=True``) was measured and is not used: on CPU, for the
+    second-order Conv4 MAML step of ``benchmarks/maml_overhead.py --xla``, it
+    compiled for over a minute and ran many times slower per step than the plain
+    graph (details in BENCHMARKS.md), and its float32 meta-gradient drifted
+    further from eager mode than the plain graph's.
     """
     return tf.function(fn, autograph=False)
 

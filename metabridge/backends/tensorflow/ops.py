@@ -177,6 +177,89 @@ def log_softmax(x, axis=-1):
     return tf.nn.log_softmax(x, axis=axis)
 
 
+def softplus(x):
+    """``tf.math.softplus``: one kernel; above ``x > -log(eps) + 2`` it returns ``x``,
+    where ``log1p(exp(-x))`` is below the dtype's rounding, so the canonical
+    value and gradient ``sigmoid(x)`` to rounding (second order via SoftplusGrad)."""
+    return tf.math.softplus(x)
+
+
+_FUSED_BN_DTYPES = (tf.float32,)
+
+
+def batch_norm(x, scale, offset, axes: tuple[int, ...], epsilon: float):
+    """TensorFlow's fused batch norm (``FusedBatchNormV3``, ``is_training=True``)
+    when ``axes`` are all but the last (channel) axis and ``x`` is float32; else
+    the composite formula.
+
+    Called as the raw op on purpose: ``tf.compat.v1.nn.fused_batch_norm`` raises
+    ``epsilon`` to at least 1.001e-5 (a cuDNN limit), which would change the
+    op's meaning; on a GPU an ``epsilon`` below 1e-5 therefore takes the
+    composite path. The kernel has no float64 version (composite there). Its
+    normalisation uses the biased variance and ``sqrt(var + eps)`` like the
+    canonical op, but the variance it *returns* is Bessel-corrected and neither
+    returned statistic carries a gradient: the returned mean is the kernel's,
+    the variance is rescaled by ``(n - 1) / n`` to the biased one, and both get
+    their exact gradient from ``_batch_stats`` (no extra pass over ``x`` unless
+    they are differentiated). Double backward: TensorFlow's
+    ``FusedBatchNormGradV3`` gradient (checked against float64 finite
+    differences by ``benchmarks/fused_kernels_check.py``).
+    """
+    nd = len(x.shape)
+    dims = list(axes)
+    c = x.shape[-1]
+    fused = (dims == list(range(nd - 1)) and nd >= 2 and x.dtype in _FUSED_BN_DTYPES
+             and (epsilon >= 1e-5 or config.get_device() == "cpu")
+             and tuple(scale.shape) == (c,) and tuple(offset.shape) == (c,))
+    if not fused:
+        m = tf.reduce_mean(x, axis=dims, keepdims=True)
+        v = tf.reduce_mean(tf.math.squared_difference(x, m), axis=dims, keepdims=True)
+        return (x - m) / tf.sqrt(v + epsilon) * scale + offset, m, v
+    x4 = x if nd == 4 else tf.reshape(x, [-1, 1, 1, c])
+    empty = tf.constant([], x.dtype)
+    y, mean, var, *_ = tf.raw_ops.FusedBatchNormV3(
+        x=x4, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=epsilon,
+        exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+    n = 1
+    for d in x.shape[:-1]:
+        n *= int(d)
+    keep = [1] * (nd - 1) + [c]
+    # The kernel returns the Bessel-corrected variance; the canonical one is biased.
+    m, v = _batch_stats(x, tf.reshape(tf.stop_gradient(mean), keep),
+                        tf.reshape(tf.stop_gradient(var) * ((n - 1) / n), keep))
+    return (y if nd == 4 else tf.reshape(y, tf.shape(x))), m, v
+
+
+def _batch_stats(x, mean, var):
+    """``(mean, var)`` handed over from the kernel (no extra pass over ``x``), with
+    the exact gradient ``g_m / n + 2 g_v (x - mean(x)) / n``, written in
+    differentiable ops (mean recomputed from ``x``) so second order is right too."""
+
+    @tf.custom_gradient
+    def stats(x):
+        def grad(g_mean, g_var):
+            dims = list(range(len(x.shape) - 1))
+            n = tf.cast(tf.size(x) // tf.shape(x)[-1], x.dtype)
+            centred = x - tf.reduce_mean(x, axis=dims, keepdims=True)
+            return g_mean / n + (2.0 / n) * g_var * centred
+
+        return (tf.identity(mean), tf.identity(var)), grad
+
+    return stats(x)
+
+
+def cross_entropy(logits, labels, reduction: str):
+    """``tf.nn.sparse_softmax_cross_entropy_with_logits`` (one fused kernel, float32
+    and float64; its registered gradient is differentiable again, so second
+    order is exact): ``logsumexp(z) - z[label]`` per row."""
+    per = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int64), logits=logits)
+    if reduction == "mean":
+        return tf.reduce_mean(per)
+    if reduction == "sum":
+        return tf.reduce_sum(per)
+    return per
+
+
 def one_hot(labels, depth: int):
     return tf.one_hot(tf.cast(labels, tf.int64), depth, dtype=_DTYPES[config.floatx()])
 

@@ -3,7 +3,8 @@
 Arguments arrive already validated and normalised by ``metabridge.ops``
 (explicit paddings, canonical layouts); see its docstrings for the meaning of
 each op. Images are NHWC and conv kernels HWIO, converted here to torch's
-NCHW / OIHW around each call.
+NCHW / OIHW around each call; activations stay in NCHW memory between ops
+(NHWC views of it, see ``_nchw``).
 """
 from __future__ import annotations
 
@@ -145,21 +146,37 @@ def argmax(x, axis=-1):
 matmul = torch.matmul
 
 
+def _nchw(x):
+    """NHWC ``x`` as an NCHW tensor in NCHW (contiguous) memory.
+
+    Activations stay NCHW in memory from layer to layer: every op returns an
+    NHWC *view* of NCHW memory (``permute``), elementwise ops keep their
+    input's memory layout, so the next ``_nchw`` is free. Only the model's
+    input is copied (a free reshape for one channel: a permuted view would keep
+    strides that torch reads as channels_last). torch's CPU convolution, batch
+    norm and pooling are faster on NCHW than on channels_last memory.
+    """
+    n, h, w, c = x.shape
+    if c == 1 and x.is_contiguous():
+        return x.reshape(n, 1, h, w)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
 def conv2d(x, kernel, stride: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]]):
     (top, bottom), (left, right) = pads
-    xc = x.permute(0, 3, 1, 2)  # NHWC -> NCHW (a channels_last view, no copy)
+    xc = _nchw(x)
     if top == bottom and left == right:
         padding = (top, left)
     else:
         xc = F.pad(xc, (left, right, top, bottom))
         padding = (0, 0)
-    y = F.conv2d(xc, kernel.permute(3, 2, 0, 1), stride=stride, padding=padding)
+    y = F.conv2d(xc, kernel.permute(3, 2, 0, 1).contiguous(), stride=stride, padding=padding)
     return y.permute(0, 2, 3, 1)
 
 
 def max_pool2d(x, size: tuple[int, int], stride: tuple[int, int], pads):
     (top, bottom), (left, right) = pads
-    xc = x.permute(0, 3, 1, 2)
+    xc = _nchw(x)
     if top == bottom and left == right and 2 * top <= size[0] and 2 * left <= size[1]:
         padding = (top, left)  # torch pads implicitly with -inf
     else:
@@ -177,6 +194,87 @@ def pad(x, pads, value=0.0):
 
 def softmax(x, axis=-1):
     return torch.softmax(x, dim=axis)
+
+
+def softplus(x):
+    """``F.softplus`` (one kernel, double backward) with its ``threshold`` set where
+    ``log1p(exp(-x))`` drops below the dtype's rounding (``-log(eps) + 2``: 17.9 in
+    float32, 38.0 in float64), so above it returning ``x`` (gradient 1) is the
+    canonical value and gradient ``sigmoid(x)`` to rounding. torch's default
+    threshold of 20 would be off by up to 2e-9, visible in float64."""
+    return F.softplus(x, beta=1.0, threshold=_SOFTPLUS_THRESHOLD.get(x.dtype, 20.0))
+
+
+_SOFTPLUS_THRESHOLD = {t: float(2.0 - np.log(torch.finfo(t).eps)) for t in (torch.float32, torch.float64)}
+
+
+class _BatchStats(torch.autograd.Function):
+    """``(mean, biased var)`` of ``x`` over all but the last axis, handed over from
+    the batch-norm kernel (no extra pass over ``x``), with the exact gradient:
+    ``d mean = g_m / n``, ``d var = 2 g_v (x - mean) / n``. The backward is
+    written in differentiable ops, mean recomputed from ``x``, so it has a
+    correct second derivative too. It runs only if a statistic is used."""
+
+    @staticmethod
+    def forward(ctx, x, mean, var):
+        ctx.save_for_backward(x)
+        ctx.set_materialize_grads(False)
+        return mean.clone(), var.clone()
+
+    @staticmethod
+    def backward(ctx, g_mean, g_var):
+        (x,) = ctx.saved_tensors
+        dims = tuple(range(x.ndim - 1))
+        n = x.numel() // x.shape[-1]
+        gx = None
+        if g_mean is not None:
+            gx = (g_mean / n).expand_as(x)
+        if g_var is not None:
+            gv = (2.0 / n) * g_var * (x - x.mean(dim=dims, keepdim=True))
+            gx = gv if gx is None else gx + gv
+        return gx, None, None
+
+
+def batch_norm(x, scale, offset, axes: tuple[int, ...], epsilon: float):
+    """torch's fused kernel (``torch.native_batch_norm``, what ``F.batch_norm(training=True)``
+    runs; exact double backward) when ``axes`` are all but the last (channel) axis,
+    else the composite formula.
+
+    The kernel normalises with the biased batch variance and ``sqrt(var + eps)``,
+    the canonical meaning. The returned mean is the kernel's; the returned
+    variance is recovered from the kernel's ``1 / sqrt(var + eps)`` as
+    ``invstd**-2 - eps`` (exact to rounding of ``var + eps``, clamped at 0); both
+    are differentiable through :class:`_BatchStats`, at no cost when unused.
+    """
+    nd = x.ndim
+    c = x.shape[-1]
+    if (tuple(axes) == tuple(range(nd - 1)) and nd >= 2 and x.numel() > c
+            and scale.numel() == c and offset.numel() == c):
+        perm = (0, nd - 1) + tuple(range(1, nd - 1))  # channels to axis 1
+        inv = (0,) + tuple(range(2, nd)) + (1,)
+        xc = x.permute(perm)
+        if nd == 4:
+            xc = xc.contiguous()  # NCHW memory (see _nchw)
+        y, mean, invstd = torch.native_batch_norm(xc, scale.reshape(c), offset.reshape(c), None, None,
+                                                  True, 0.0, epsilon)
+        var = torch.clamp_min(invstd.detach().double().pow(-2) - epsilon, 0.0).to(x.dtype)
+        keep = (1,) * (nd - 1) + (c,)
+        m, v = _BatchStats.apply(x, mean.detach().reshape(keep), var.reshape(keep))
+        return y.permute(inv), m, v
+    dims = tuple(axes)
+    m = x.mean(dim=dims, keepdim=True)
+    centered = x - m
+    v = torch.square(centered).mean(dim=dims, keepdim=True)
+    return centered / torch.sqrt(v + epsilon) * scale + offset, m, v
+
+
+def cross_entropy(logits, labels, reduction: str):
+    """``F.cross_entropy`` on integer labels (log-softmax + NLL, torch's fused
+    kernels with double backward): ``logsumexp(z) - z[label]`` per row."""
+    c = logits.shape[-1]
+    per = F.cross_entropy(logits.reshape(-1, c), labels.long().reshape(-1),
+                          reduction="none" if reduction == "none" else reduction)
+    return per.reshape(labels.shape) if reduction == "none" else per
 
 
 def log_softmax(x, axis=-1):
