@@ -195,7 +195,7 @@ def test_cache_hit_skips_decoding_and_stale_key_rebuilds(zipped, tmp_path, monke
     calls = []
     monkeypatch.undo()
     real = omniglot_module._decode_png
-    monkeypatch.setattr(omniglot_module, "_decode_png", lambda d, s: calls.append(1) or real(d, s))
+    monkeypatch.setattr(omniglot_module, "_decode_png", lambda *a: calls.append(1) or real(*a))
     st = os.stat(zipped / "images_evaluation.zip")
     os.utime(zipped / "images_evaluation.zip", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     third = Omniglot(zipped, "all", cache_dir=cache_dir)
@@ -213,7 +213,7 @@ def test_cache_of_folder_layout_notices_changed_files(tmp_path, entries, monkeyp
     Omniglot(root, "background", cache_dir=tmp_path / "c")
     calls = []
     real = omniglot_module._decode_png
-    monkeypatch.setattr(omniglot_module, "_decode_png", lambda d, s: calls.append(1) or real(d, s))
+    monkeypatch.setattr(omniglot_module, "_decode_png", lambda *a: calls.append(1) or real(*a))
     Omniglot(root, "background", cache_dir=tmp_path / "c")
     assert calls == []
     target = root / "images_background" / "Beta" / "character01" / "0004_03.png"

@@ -58,6 +58,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from typing import Mapping, Sequence
 
@@ -83,16 +84,46 @@ _FILE_RE = re.compile(r"^(\d+)_(\d+)\.png$")
 _CHAR_RE = re.compile(r"^character(\d+)$")
 
 
+def _open_zip(path: str) -> zipfile.ZipFile:
+    """Open an archive, or a ``ValueError`` naming it when it is not a readable zip."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"Expected a zip archive in {path}. Received: {exc} (a damaged or partial download? "
+                         "delete it, or fetch it again with --download)") from None
+
+
 class DownloadError(OSError):
     """A download failed, was cut short or did not match its checksum; nothing was kept."""
 
 
 # ---- decoding ---------------------------------------------------------------------------
-def _decode_png(data: bytes, image_size: int) -> np.ndarray:
-    """One PNG (bytes) -> ``[S, S]`` float32, strokes 1.0, background 0.0 (LANCZOS resize)."""
+#: Largest image (pixels) and zip member (bytes) read: Omniglot's PNGs are 105x105 and ~300 bytes.
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_MEMBER_BYTES = 16 << 20
+
+
+def _decode_png(data: bytes, image_size: int, where: str = "an image") -> np.ndarray:
+    """One PNG (bytes) -> ``[S, S]`` float32, strokes 1.0, background 0.0 (LANCZOS resize).
+    A file that is not an image, or is larger than :data:`MAX_IMAGE_PIXELS`, is a
+    ``ValueError`` naming ``where``."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except (OSError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        # Pillow names an in-memory buffer ("<_io.BytesIO object at 0x...>"): say what the bytes are instead
+        raise ValueError(f"Expected a PNG image in {where}. Received: {len(data)} bytes that Pillow cannot "
+                         f"read as an image ({type(exc).__name__}), starting {data[:16]!r}") from None
+    with opened as im:
+        if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+            raise ValueError(f"Expected an image of at most {MAX_IMAGE_PIXELS} pixels in {where}. "
+                             f"Received: {im.size[0]}x{im.size[1]}")
+        try:
+            im.load()
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"Expected a readable PNG image in {where}. Received: {type(exc).__name__}: {exc}") \
+                from None
         im = im.convert("L")  # one-bit -> 0/255, so that the resize filter applies
         if im.size != (image_size, image_size):
             im = im.resize((image_size, image_size), resample=Image.LANCZOS)
@@ -129,7 +160,7 @@ class _Source:
         if self.is_zip:
             st = os.stat(self.path)
             self._fingerprint = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-            with zipfile.ZipFile(self.path) as zf:
+            with _open_zip(self.path) as zf:
                 for info in zf.infolist():
                     parts = info.filename.split("/")
                     if info.is_dir() or not parts[-1].lower().endswith(".png") or _skip(parts):
@@ -202,17 +233,28 @@ class _Source:
 
         entries, image_size = self.entries, out.shape[1]
         n = len(entries)
-        zf = zipfile.ZipFile(self.path) if self.is_zip else None
+        zf = _open_zip(self.path) if self.is_zip else None
         try:
             bar = progress(enumerate(entries), total=n, quiet=quiet,
                            desc=f"Decoding Omniglot {self.subset} ({n} images, once; cached after)")
             for i, entry in bar:
                 if zf is not None:
-                    data = zf.read(entry[4])
+                    where = f"{self.path} (member {entry[4]})"
+                    size = zf.getinfo(entry[4]).file_size
+                else:
+                    where, size = entry[4], os.path.getsize(entry[4])
+                if size > MAX_MEMBER_BYTES:
+                    raise ValueError(f"Expected an image file of at most {MAX_MEMBER_BYTES} bytes in {where}. "
+                                     f"Received: {size} bytes")
+                if zf is not None:
+                    try:
+                        data = zf.read(entry[4])
+                    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                        raise ValueError(f"Expected a readable zip member in {where}. Received: {exc}") from None
                 else:
                     with open(entry[4], "rb") as fh:
-                        data = fh.read()
-                out[i, :, :, 0] = _decode_png(data, image_size)
+                        data = fh.read(MAX_MEMBER_BYTES + 1)
+                out[i, :, :, 0] = _decode_png(data, image_size, where)
         finally:
             if zf is not None:
                 zf.close()
@@ -274,9 +316,14 @@ def _read_cache_images(path: str, out: np.ndarray) -> bool:
                 if not got:
                     return False
                 pos += got
-        return True
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         return False
+    # strokes 1.0 on background 0.0: anything else means the cache was damaged or edited
+    if not (np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0):
+        warnings.warn(f"Ignoring the Omniglot cache {path}: its images hold values outside [0, 1] "
+                      "(damaged or edited); decoding the archives again", stacklevel=3)
+        return False
+    return True
 
 
 def _write_cache(directory: str, name: str, key: str, arrays: dict) -> str | None:

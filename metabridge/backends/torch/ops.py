@@ -37,7 +37,9 @@ def asarray(x, dtype: str | None = None):
             dtype = "bool"
         else:
             raise TypeError(f"Expected a numeric array. Received: dtype={arr.dtype}")
-    return torch.as_tensor(np.ascontiguousarray(arr), dtype=_DTYPES[dtype], device=native_device())
+    # torch.tensor copies: a tensor sharing the caller's numpy memory would let an in-place op
+    # (e.g. x.mul_(2) in a wrapped module) change the caller's array.
+    return torch.tensor(np.ascontiguousarray(arr), dtype=_DTYPES[dtype], device=native_device())
 
 
 def to_numpy(x) -> np.ndarray:
