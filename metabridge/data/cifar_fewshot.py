@@ -124,7 +124,7 @@ def read_cifar100(root: str | os.PathLike, allow_pickle: bool = False, download:
     if found is None:
         raise FileNotFoundError(
             f"Expected {FOLDER}/{{train,test,meta}} or {ARCHIVE} in {root}. Received: neither exists "
-            f"(download=True fetches {ARCHIVE} from {CIFAR100_URL})")
+            f"(download=True, or --download on the command line, fetches {ARCHIVE} from {CIFAR100_URL})")
     kind, path = found
     if allow_pickle is not True:
         raise ValueError(f"Expected allow_pickle=True (--allow-pickle on the command line) to read the CIFAR-100 pickles in {path}: unpickling runs "

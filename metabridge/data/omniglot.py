@@ -503,7 +503,7 @@ class Omniglot(ArrayDataset):
                 state = "does not exist" if not os.path.isdir(root) else "has none of them"
                 raise FileNotFoundError(
                     f"Expected Omniglot ({subset}) under {root!r}; looked for: " + ", ".join(looked)
-                    + f". Received: {root!r} {state}. Pass download=True to fetch the official "
+                    + f". Received: {root!r} {state}. Pass download=True (--download on the command line) to fetch the official "
                     f"archives from {base_url}"
                 )
             sources.append(_Source(path, s))
