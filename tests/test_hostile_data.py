@@ -104,3 +104,51 @@ def test_a_wrapped_torch_module_cannot_change_the_callers_array():
         xt = mb.ops.asarray(x)
         xt.mul_(3)
         assert np.array_equal(x, before)
+
+
+def test_an_oversized_member_is_refused_before_reading(tmp_path, monkeypatch):
+    from metabridge.data import omniglot as omniglot_module
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _archive(root / "images_background.zip")
+    monkeypatch.setattr(omniglot_module, "MAX_MEMBER_BYTES", 100)
+    with pytest.raises(ValueError, match=r"Expected an image file of at most 100 bytes in .*images_background\.zip "
+                                         r"\(member images_background/Alpha/character01/0001_01\.png\)"):
+        _load(root, tmp_path)
+
+
+def test_fuzzed_archives_give_clean_errors_or_valid_data(tmp_path):
+    """Seeded fuzz over Omniglot archives: random truncations and byte changes end in
+    a clear error (ValueError / OSError naming the archive) or in images that decode."""
+    import time
+    import warnings
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _archive(root / "images_background.zip")
+    original = (root / "images_background.zip").read_bytes()
+    rng = np.random.default_rng(2026)
+    outcomes, start = {"error": 0, "loaded": 0}, time.perf_counter()
+    for case in range(300):
+        data = bytearray(original)
+        if rng.random() < 0.3:
+            data = data[: int(rng.integers(0, len(data)))]
+        else:
+            for _ in range(int(rng.integers(1, 8))):
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        (root / "images_background.zip").write_bytes(bytes(data))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = Omniglot(str(root), "background", cache=False)
+        except (ValueError, OSError) as exc:
+            msg = str(exc)
+            assert "Expected" in msg and "Received" in msg, (case, msg)
+            assert "images_background" in msg, (case, msg)
+            outcomes["error"] += 1
+        else:
+            assert ds.x.dtype == np.float32 and np.all((ds.x >= 0) & (ds.x <= 1)), case
+            outcomes["loaded"] += 1
+    assert outcomes["error"] > 0 and sum(outcomes.values()) == 300
+    assert time.perf_counter() - start < 120

@@ -60,6 +60,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -84,11 +85,15 @@ _FILE_RE = re.compile(r"^(\d+)_(\d+)\.png$")
 _CHAR_RE = re.compile(r"^character(\d+)$")
 
 
+#: What Python's zipfile raises on damaged archives (besides OSError).
+_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error, RuntimeError, ValueError, KeyError)
+
+
 def _open_zip(path: str) -> zipfile.ZipFile:
     """Open an archive, or a ``ValueError`` naming it when it is not a readable zip."""
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise ValueError(f"Expected a zip archive in {path}. Received: {exc} (a damaged or partial download? "
                          "delete it, or fetch it again with --download)") from None
 
@@ -249,7 +254,7 @@ class _Source:
                 if zf is not None:
                     try:
                         data = zf.read(entry[4])
-                    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                    except (OSError, *_ZIP_ERRORS) as exc:
                         raise ValueError(f"Expected a readable zip member in {where}. Received: {exc}") from None
                 else:
                     with open(entry[4], "rb") as fh:
