@@ -135,6 +135,6 @@ DEFAULT_ALGO = "maml"
 #: pairs on real data (the embedded Omniglot copy), small enough for a few CPU minutes;
 #: the command line's own flags override these defaults.
 DEFAULT_COMPARE = (
-    ("protonet", {"dataset": "omniglot", "steps": 100, "meta_batch": 4, "test_tasks": 200}),
+    ("protonet", {"dataset": "omniglot", "steps": 80, "meta_batch": 4, "test_tasks": 200}),
     ("maml", {"dataset": "sinusoid", "steps": 300, "test_tasks": 200}),
 )
