@@ -152,3 +152,18 @@ def test_fuzzed_archives_give_clean_errors_or_valid_data(tmp_path):
             outcomes["loaded"] += 1
     assert outcomes["error"] > 0 and sum(outcomes.values()) == 300
     assert time.perf_counter() - start < 120
+
+
+def test_messages_name_the_command_line_flags(tmp_path):
+    """Case 10: where the fix is a flag, the message says the flag, not only the Python argument."""
+    with pytest.raises(FileNotFoundError, match=r"Pass download=True \(--download on the command line\)"):
+        Omniglot(str(tmp_path), "background", cache=False)
+    from metabridge.data import MiniImageNet
+
+    folder = tmp_path / "mini"
+    folder.mkdir()
+    import pickle
+
+    (folder / "mini-imagenet-cache-train.pkl").write_bytes(pickle.dumps({"image_data": np.zeros((1, 2, 2, 3))}))
+    with pytest.raises(ValueError, match=r"Expected allow_pickle=True \(--allow-pickle on the command line\)"):
+        MiniImageNet(str(folder), "train")
