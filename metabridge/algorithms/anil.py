@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from metabridge import ops
 from metabridge.algorithms.common import inner_gradients
-from metabridge.algorithms.maml import MAML
+from metabridge.algorithms.maml import MAML, _first
 from metabridge.nn.base import Model
 
 
@@ -32,14 +32,15 @@ class ANIL(MAML):
     def inner_keys(self, params: dict) -> list[str]:
         return [k for k in params if k.startswith(self.model.head_prefix)]
 
-    def task_loss(self, params: dict, support_x, support_y, query_x, query_y):
-        """Query loss after adapting the head on the support features (computed once)."""
+    def task_loss(self, params: dict, support_x, support_y, query_x, query_y, ways: int | None = None):
+        """Query loss after adapting the head on the support features (computed once);
+        ``ways``: the episode uses only the head's first ``ways`` outputs."""
         feats_s = self.model.features(params, ops.asarray(support_x))
         feats_q = self.model.features(params, ops.asarray(query_x))
         support_y = ops.asarray(support_y)
         head = {k: params[k] for k in self.inner_keys(params)}
         for _ in range(self.inner_steps):
-            grads = inner_gradients(lambda h, f, y: self.loss_fn(self.model.head(h, f), y), head,
+            grads = inner_gradients(lambda h, f, y: self.loss_fn(_first(self.model.head(h, f), ways), y), head,
                                     (feats_s, support_y), not self.first_order)
             head = self.inner_update(head, grads)
-        return self.loss_fn(self.model.head(head, feats_q), ops.asarray(query_y))
+        return self.loss_fn(_first(self.model.head(head, feats_q), ways), ops.asarray(query_y))

@@ -55,9 +55,9 @@ class MAML(Algorithm):
         self._compiled = CompiledFunctions()
 
     # ---- inner loop ------------------------------------------------------------------
-    def inner_loss(self, params: dict, x, y):
-        """The task loss of ``params`` on ``(x, y)``."""
-        return self.loss_fn(self.model(params, x), y)
+    def inner_loss(self, params: dict, x, y, ways: int | None = None):
+        """The task loss of ``params`` on ``(x, y)`` (with ``ways``: on the first ``ways`` outputs)."""
+        return self.loss_fn(_first(self.model(params, x), ways), y)
 
     def inner_keys(self, params: dict) -> list[str]:
         """The parameters the inner loop adapts (all of them for MAML)."""
@@ -79,7 +79,7 @@ class MAML(Algorithm):
         return Learner(self, params)
 
     def adapt(self, params: dict, support_x, support_y, steps: int | None = None,
-              create_graph: bool | None = None) -> dict:
+              create_graph: bool | None = None, ways: int | None = None) -> dict:
         """Parameters after ``steps`` (default ``inner_steps``) SGD steps on the support set.
 
         Inside an outer :func:`metabridge.ops.value_and_grad` the result stays
@@ -96,17 +96,18 @@ class MAML(Algorithm):
             frozen = params
 
             def loss_of_adapted(sub, x, y):
-                return self.inner_loss({**frozen, **sub}, x, y)
+                return self.inner_loss({**frozen, **sub}, x, y, ways)
 
             grads = inner_gradients(loss_of_adapted, {k: params[k] for k in keys}, (support_x, support_y),
                                     create_graph)
             params = {**params, **self.inner_update(params, grads)}
         return params
 
-    def task_loss(self, params: dict, support_x, support_y, query_x, query_y):
-        """Query loss after adapting on the support set (what the outer loop minimises)."""
-        adapted = self.adapt(params, support_x, support_y)
-        return self.inner_loss(adapted, query_x, query_y)
+    def task_loss(self, params: dict, support_x, support_y, query_x, query_y, ways: int | None = None):
+        """Query loss after adapting on the support set (what the outer loop minimises);
+        ``ways``: the episode uses only the first ``ways`` outputs of the head."""
+        adapted = self.adapt(params, support_x, support_y, ways=ways)
+        return self.inner_loss(adapted, query_x, query_y, ways)
 
     # ---- outer loop ---------------------------------------------------------------------
     def _meta_value_and_grad(self, params, support_x, support_y, query_x, query_y):
@@ -119,18 +120,46 @@ class MAML(Algorithm):
         loss_sum, grad_sum = ops.sum_over_tasks(one_task, (support_x, support_y, query_x, query_y), n)
         return loss_sum / n, {k: g / n for k, g in grad_sum.items()}
 
-    def meta_value_and_grad(self, params: dict, batch: TaskBatch):
+    def meta_value_and_grad(self, params: dict, batch: TaskBatch | list):
         """``(mean query loss, meta-gradient)`` over a meta-batch.
 
         Per-task meta-gradients are accumulated one task at a time (memory for
-        one task's graph; one traced loop body on the compiled path).
+        one task's graph; one traced loop body on the compiled path). ``batch``
+        may also be a list of :class:`~metabridge.data.Episode` with different
+        ways and shots (``VariableEpisodeSampler``): an episode of ``w`` ways uses
+        the first ``w`` outputs of a head sized for the largest (eager).
         """
+        if isinstance(batch, (list, tuple)):
+            return self._episodes_value_and_grad(params, batch)
         check_batch(batch, self.model, self.loss_name)
         params = {k: ops.asarray(v) for k, v in params.items()}
         args = batch_tensors(batch)
         if not self.compiled:
             return self._meta_value_and_grad(params, *args)
         return self._compiled.get(lambda: self._meta_value_and_grad)(params, *args)
+
+    def _episode_ways(self, episodes) -> list[int]:
+        if not episodes or not all(isinstance(ep, Episode) for ep in episodes):
+            raise ValueError("Expected a TaskBatch or a non-empty list of metabridge.data.Episode. "
+                             f"Received: a {type(episodes).__name__} of {[type(ep).__name__ for ep in episodes][:3]}")
+        outputs = getattr(self.model, "out_features", None) or getattr(self.model, "sizes", [None])[-1]
+        ways = [int(np.max(np.asarray(ep.support_y))) + 1 for ep in episodes]
+        if outputs is not None and max(ways) > outputs:
+            raise ValueError(f"Expected episodes of at most {outputs} ways (the model's outputs). "
+                             f"Received: an episode of {max(ways)} ways")
+        return ways
+
+    def _episodes_value_and_grad(self, params: dict, episodes: list):
+        ways = self._episode_ways(episodes)
+        params = {k: ops.asarray(v) for k, v in params.items()}
+        task_grad = ops.value_and_grad(self.task_loss)
+        loss_sum, grad_sum = None, None
+        for ep, w in zip(episodes, ways):
+            loss, grads = task_grad(params, *(ops.asarray(a) for a in (ep.support_x, ep.support_y, ep.query_x,
+                                                                       ep.query_y)), w)
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            grad_sum = grads if grad_sum is None else {k: grad_sum[k] + g for k, g in grads.items()}
+        return loss_sum / len(episodes), {k: g / len(episodes) for k, g in grad_sum.items()}
 
     # ---- evaluation -----------------------------------------------------------------------
     def predict_episode(self, params: dict, episode: Episode, steps: int | None = None):
@@ -146,10 +175,17 @@ class MAML(Algorithm):
         Returns numpy arrays ``{"loss": [tasks, steps + 1], "<metric>": ...}``
         where the metric is accuracy (cross-entropy) or MSE.
         """
-        check_batch(batch, self.model, self.loss_name)
         steps = self.inner_steps if steps is None else steps
         if not isinstance(steps, int) or steps < 0:
             raise ValueError(f"Expected steps >= 0. Received: steps={steps!r}")
+        if isinstance(batch, (list, tuple)):  # episodes of different sizes, each on its first `ways` outputs
+            ways = self._episode_ways(batch)
+            outs = [self._evaluate(params, single_batch(ep), steps, w) for ep, w in zip(batch, ways)]
+            return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        check_batch(batch, self.model, self.loss_name)
+        return self._evaluate(params, batch, steps, None)
+
+    def _evaluate(self, params: dict, batch: TaskBatch, steps: int, ways: int | None) -> dict:
         metric, metric_name = metric_fn(self.loss_name)
         base = {k: ops.asarray(v) for k, v in params.items()}
         sx, sy, qx, qy = batch_tensors(batch)
@@ -157,13 +193,18 @@ class MAML(Algorithm):
         for t in range(batch.size):
             p = base
             for s in range(steps + 1):
-                pred = self.model(p, qx[t])
+                pred = _first(self.model(p, qx[t]), ways)
                 losses[t, s] = float(ops.to_numpy(self.loss_fn(pred, qy[t])))
                 if metric is not None:
                     metrics[t, s] = float(ops.to_numpy(metric(pred, qy[t])))
                 if s < steps:
-                    p = self.adapt(p, sx[t], sy[t], steps=1, create_graph=False)
+                    p = self.adapt(p, sx[t], sy[t], steps=1, create_graph=False, ways=ways)
         out = {"loss": losses}
         if metric_name:
             out[metric_name] = metrics
         return out
+
+
+def _first(outputs, ways: int | None):
+    """The first ``ways`` outputs (columns) of a head, or all of them when ``ways`` is None."""
+    return outputs if ways is None else outputs[:, :ways]

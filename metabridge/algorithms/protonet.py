@@ -99,7 +99,7 @@ class ProtoNet(Algorithm):
         """Mean loss and gradient over episodes of different sizes (one at a time, eager)."""
         if not episodes or not all(isinstance(ep, Episode) for ep in episodes):
             raise ValueError("Expected a TaskBatch or a non-empty list of metabridge.data.Episode. "
-                             f"Received: {[type(ep).__name__ for ep in episodes][:3]}")
+                             f"Received: a {type(episodes).__name__} of {[type(ep).__name__ for ep in episodes][:3]}")
         params = {k: ops.asarray(v) for k, v in params.items()}
         task_grad = ops.value_and_grad(self.task_loss)
         loss_sum, grad_sum = None, None
