@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 
 from metabridge import ops
-from metabridge.data.episodes import TaskBatch
+from metabridge.data.episodes import Episode, TaskBatch
 
 LOSSES: dict[str, Callable] = {"cross_entropy": ops.cross_entropy, "mse": ops.mse}
 
@@ -116,3 +116,28 @@ def l2_normalize(x, eps: float = 1e-12):
 def single_batch(episode: Episode) -> TaskBatch:
     """A meta-batch holding one episode (for algorithms that evaluate batches)."""
     return TaskBatch.stack([episode])
+
+
+def check_episodes(episodes) -> list:
+    """A non-empty list of :class:`~metabridge.data.Episode` (variable-size batches), or a clear error."""
+    if not episodes or not all(isinstance(ep, Episode) for ep in episodes):
+        raise ValueError("Expected a TaskBatch or a non-empty list of metabridge.data.Episode. "
+                         f"Received: a {type(episodes).__name__} of {[type(ep).__name__ for ep in episodes][:3]}")
+    return list(episodes)
+
+
+def mean_over_episodes(task_loss, params: dict, episodes: list, ways: list[int]):
+    """``(mean loss, mean gradient)`` of ``task_loss(params, sx, sy, qx, qy, ways)`` over
+    episodes of different sizes, one at a time (eager).
+
+    >>> loss, grads = mean_over_episodes(alg.task_loss, params, episodes, [5, 3])   # doctest: +SKIP
+    """
+    params = {k: ops.asarray(v) for k, v in params.items()}
+    task_grad = ops.value_and_grad(task_loss)
+    loss_sum, grad_sum = None, None
+    for ep, w in zip(episodes, ways):
+        loss, grads = task_grad(params, *(ops.asarray(a) for a in (ep.support_x, ep.support_y, ep.query_x,
+                                                                   ep.query_y)), w)
+        loss_sum = loss if loss_sum is None else loss_sum + loss
+        grad_sum = grads if grad_sum is None else {k: grad_sum[k] + g for k, g in grads.items()}
+    return loss_sum / len(episodes), {k: g / len(episodes) for k, g in grad_sum.items()}

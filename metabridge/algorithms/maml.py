@@ -16,7 +16,9 @@ from metabridge.algorithms.common import (
     CompiledFunctions,
     batch_tensors,
     check_batch,
+    check_episodes,
     inner_gradients,
+    mean_over_episodes,
     metric_fn,
     resolve_loss,
     single_batch,
@@ -139,9 +141,7 @@ class MAML(Algorithm):
         return self._compiled.get(lambda: self._meta_value_and_grad)(params, *args)
 
     def _episode_ways(self, episodes) -> list[int]:
-        if not episodes or not all(isinstance(ep, Episode) for ep in episodes):
-            raise ValueError("Expected a TaskBatch or a non-empty list of metabridge.data.Episode. "
-                             f"Received: a {type(episodes).__name__} of {[type(ep).__name__ for ep in episodes][:3]}")
+        check_episodes(episodes)
         outputs = getattr(self.model, "out_features", None) or getattr(self.model, "sizes", [None])[-1]
         ways = [int(np.max(np.asarray(ep.support_y))) + 1 for ep in episodes]
         if outputs is not None and max(ways) > outputs:
@@ -150,16 +150,7 @@ class MAML(Algorithm):
         return ways
 
     def _episodes_value_and_grad(self, params: dict, episodes: list):
-        ways = self._episode_ways(episodes)
-        params = {k: ops.asarray(v) for k, v in params.items()}
-        task_grad = ops.value_and_grad(self.task_loss)
-        loss_sum, grad_sum = None, None
-        for ep, w in zip(episodes, ways):
-            loss, grads = task_grad(params, *(ops.asarray(a) for a in (ep.support_x, ep.support_y, ep.query_x,
-                                                                       ep.query_y)), w)
-            loss_sum = loss if loss_sum is None else loss_sum + loss
-            grad_sum = grads if grad_sum is None else {k: grad_sum[k] + g for k, g in grads.items()}
-        return loss_sum / len(episodes), {k: g / len(episodes) for k, g in grad_sum.items()}
+        return mean_over_episodes(self.task_loss, params, list(episodes), self._episode_ways(episodes))
 
     # ---- evaluation -----------------------------------------------------------------------
     def predict_episode(self, params: dict, episode: Episode, steps: int | None = None):

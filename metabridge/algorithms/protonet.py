@@ -10,7 +10,14 @@ import numpy as np
 
 from metabridge import ops
 from metabridge.algorithms.base import Algorithm
-from metabridge.algorithms.common import CompiledFunctions, batch_tensors, l2_normalize, single_batch
+from metabridge.algorithms.common import (
+    CompiledFunctions,
+    batch_tensors,
+    check_episodes,
+    l2_normalize,
+    mean_over_episodes,
+    single_batch,
+)
 from metabridge.data.episodes import Episode, TaskBatch
 from metabridge.nn.base import Model
 
@@ -97,20 +104,9 @@ class ProtoNet(Algorithm):
 
     def _episodes_value_and_grad(self, params: dict, episodes: list):
         """Mean loss and gradient over episodes of different sizes (one at a time, eager)."""
-        if not episodes or not all(isinstance(ep, Episode) for ep in episodes):
-            raise ValueError("Expected a TaskBatch or a non-empty list of metabridge.data.Episode. "
-                             f"Received: a {type(episodes).__name__} of {[type(ep).__name__ for ep in episodes][:3]}")
-        params = {k: ops.asarray(v) for k, v in params.items()}
-        task_grad = ops.value_and_grad(self.task_loss)
-        loss_sum, grad_sum = None, None
-        for ep in episodes:
-            ways = self._ways(single_batch(ep))
-            loss, grads = task_grad(params, *(ops.asarray(a) for a in (ep.support_x, ep.support_y, ep.query_x,
-                                                                       ep.query_y)), ways)
-            loss_sum = loss if loss_sum is None else loss_sum + loss
-            grad_sum = grads if grad_sum is None else {k: grad_sum[k] + g for k, g in grads.items()}
-        n = len(episodes)
-        return loss_sum / n, {k: g / n for k, g in grad_sum.items()}
+        episodes = check_episodes(episodes)
+        ways = [self._ways(single_batch(ep)) for ep in episodes]
+        return mean_over_episodes(self.task_loss, params, episodes, ways)
 
     def _no_steps(self, steps) -> None:
         if steps is not None:

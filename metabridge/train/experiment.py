@@ -222,20 +222,20 @@ class Experiment:
             if self.flatten:
                 x1, x2 = x1.reshape(len(x1), -1), x2.reshape(len(x2), -1)
             return PairBatch(x1, x2, same)
-        batch = self.sources.train.batch(step, self.c.meta_batch)
-        if self.flatten:
-            batch = TaskBatch(_flat_rows(batch.support_x), batch.support_y, _flat_rows(batch.query_x), batch.query_y)
-        return batch
+        return self._flat(self.sources.train.batch(step, self.c.meta_batch))
 
     def loss_and_grad(self, params, step: int):
         """``(loss, direction)`` of training step ``step`` for the outer optimizer."""
         return self.algorithm.meta_value_and_grad(params, self.train_batch(step))
 
+    def _flat(self, batch: TaskBatch) -> TaskBatch:
+        """``batch`` with examples flattened when the model takes flat vectors."""
+        if not self.flatten:
+            return batch
+        return TaskBatch(_flat_rows(batch.support_x), batch.support_y, _flat_rows(batch.query_x), batch.query_y)
+
     def _shaped(self, episodes: list) -> TaskBatch:
-        batch = TaskBatch.stack(episodes)
-        if self.flatten:
-            batch = TaskBatch(_flat_rows(batch.support_x), batch.support_y, _flat_rows(batch.query_x), batch.query_y)
-        return batch
+        return self._flat(TaskBatch.stack(episodes))
 
     def predict(self, params, episode: Episode) -> np.ndarray:
         """Query predictions (logits, or regression outputs) of one test episode,
