@@ -5,6 +5,7 @@
     metabridge train --algo siamese --backend tf
     metabridge train --config exp.toml --run-dir runs/a   # flags override the file
     metabridge resume runs/a                # continue a killed run from its last checkpoint
+    metabridge train --config exp.toml --run-dir runs/b --workers 2   # data-parallel on 2 local workers
     metabridge eval runs/a --backend tf --episodes 600 --json
     metabridge plot runs/a runs/b -o curves.png
     metabridge export runs/a --to keras -o model.keras
@@ -28,7 +29,12 @@ from metabridge.train.config_file import RUN_KEYS, load_config_file, split_value
 from metabridge.train.experiment import ROTATIONS, SPLITS, ExperimentConfig, parity
 from metabridge.train.export_run import EXTENSIONS, export_run
 from metabridge.train.plot import plot_runs
+from metabridge.train import distributed
+from metabridge.train.distributed import split_check
+from metabridge.train.launch import launch
 
+WORKERS_HELP = ("data-parallel over N local worker processes (torch.distributed / tf.distribute on a loopback "
+                "group; see README 'Scaling out'); default 1")
 S = argparse.SUPPRESS  # flags not given stay absent, so a config file's values are not overridden
 
 
@@ -98,7 +104,8 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-_NOT_CONFIG = {"config", "json", "quiet", "command", "func", "backends", "runs", "output", "metric"}
+_NOT_CONFIG = {"config", "json", "quiet", "command", "func", "backends", "runs", "output", "metric", "workers",
+               "argv"}
 
 
 def _values(args: argparse.Namespace) -> tuple[dict, str]:
@@ -196,12 +203,42 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"Expected --run-dir with {', '.join('--' + k.replace('_', '-') for k in run_values)}. "
                          "Received: no run directory")
     args.run_dir = run_dir  # for the Ctrl-C hint
+    if _launching(args):
+        if cfg.algo and get_recipe(cfg.algo).trains_on == "episodes":
+            split_check(cfg.meta_batch, args.workers)
+        return launch(_without_workers(args.argv), args.workers, backends[0])
     result = train(cfg, backends[0], run_dir=run_dir, options=RunOptions(**run_values) if run_dir else None,
                    quiet=args.quiet)
     return _print_result(cfg, {backends[0]: result}, args.json, run_dir)
 
 
+def _launching(args: argparse.Namespace) -> bool:
+    """Whether this command should start ``--workers`` local workers (rather than be one)."""
+    workers = args.workers
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"Expected --workers >= 1. Received: --workers {workers}")
+    spec = distributed.from_env()
+    if spec is not None and workers > 1:
+        raise ValueError(f"Expected no --workers inside a group that is already started ({spec.source} makes "
+                         f"this worker {spec.rank} of {spec.world}). Received: --workers {workers}")
+    return workers > 1
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--workers":
+            skip = True
+        elif not token.startswith("--workers="):
+            out.append(token)
+    return out
+
+
 def _print_result(cfg, runs: dict, as_json: bool, run_dir: str | None) -> int:
+    if distributed.from_env() is not None and distributed.from_env().rank != 0:
+        return 0  # worker 0 reports for the group
     report = _report(cfg, runs)
     if run_dir:
         report["run_dir"] = run_dir
@@ -216,6 +253,8 @@ def _print_result(cfg, runs: dict, as_json: bool, run_dir: str | None) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     run = RunDir.open(args.run_dir)
+    if _launching(args):
+        return launch(_without_workers(args.argv), args.workers, run.backend)
     result = resume(args.run_dir, quiet=args.quiet, restart=args.restart)
     return _print_result(run.config.resolved(), {run.backend: result}, args.json, args.run_dir)
 
@@ -262,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_p.add_argument("--eval-episodes", type=int, default=S, help="episodes per validation (default 100)")
     train_p.add_argument("--tensorboard", action="store_const", const=True, default=S,
                        help="also write TensorBoard event files to RUN_DIR/tb")
+    train_p.add_argument("--workers", type=int, default=1, help=WORKERS_HELP)
     train_p.set_defaults(func=cmd_train)
     resume_p = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
     resume_p.add_argument("run_dir")
@@ -269,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume_p.add_argument("--quiet", action="store_true")
     resume_p.add_argument("--restart", action="store_true",
                           help="when no checkpoint of the run verifies, train again from step 0 (rewrites metrics)")
+    resume_p.add_argument("--workers", type=int, default=1, help=WORKERS_HELP)
     resume_p.set_defaults(func=cmd_resume)
     ev = sub.add_parser("eval", help="evaluate a run's newest checkpoint (on any backend)")
     ev.add_argument("run_dir")
@@ -299,11 +340,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metabridge: error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except (ValueError, ImportError, FloatingPointError, OSError) as exc:
         print(f"metabridge: error: {exc}", file=sys.stderr)
         return 2
+    except distributed.WorkerLost as exc:
+        run_dir = getattr(args, "run_dir", None)
+        hint = f"; the run directory keeps its last checkpoint: `metabridge resume {run_dir}`" if run_dir else ""
+        print(f"metabridge: error: {exc}{hint}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         run_dir = getattr(args, "run_dir", None)
         hint = f"; continue with `metabridge resume {run_dir}`" if run_dir else ""

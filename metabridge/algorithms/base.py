@@ -73,6 +73,12 @@ class Algorithm(abc.ABC):
         ``"loss"`` and :attr:`metric_name` (a second axis, where present, runs
         over inner steps and its last entry is the result after adaptation)."""
 
+    def batch_coupling(self) -> str | None:
+        """Why one training batch's tasks or pairs interact (e.g. batch norm over
+        the whole batch), so that a batch split over workers would not give the
+        mean of the parts; None when they are independent (the default)."""
+        return None
+
     def episode_metric(self, params: dict, batch: TaskBatch, steps: int | None = None) -> np.ndarray:
         """:attr:`metric_name` of every episode of ``batch`` after adaptation, ``[episodes]``."""
         values = self.evaluate(params, batch, steps)[self.metric_name]

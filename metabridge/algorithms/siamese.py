@@ -173,6 +173,15 @@ class Siamese(Model, Algorithm):
             return KochSGD(lr, **self.koch_sgd)
         return Algorithm.outer_optimizer(self, lr)
 
+    def batch_coupling(self) -> str | None:
+        """All-in-batch pairs score every image against every other, and a
+        batch-norm encoder normalises a step's images together: either couples the batch."""
+        if self.pairs == "all-in-batch":
+            return "siamese_pairs='all-in-batch' scores every pair of the step's images"
+        if self._batch_norm:
+            return "the Siamese encoder has batch norm over all of a step's pair images"
+        return None
+
     def embed(self, params: dict, x):
         """Embeddings ``[n, d]`` of a batch of inputs."""
         return self(params, x)

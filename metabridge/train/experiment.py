@@ -16,6 +16,7 @@ from metabridge import config, ops
 from metabridge.data import Episode, PairBatch, TaskBatch
 from metabridge.data.omniglot_splits import OMNIGLOT_ROTATIONS, OMNIGLOT_SPLITS
 from metabridge.optim import StepDecay
+from metabridge.train.distributed import split_check
 from metabridge.train.limits import check_memory
 from metabridge.recipes import DEFAULT_ALGO, get_dataset, get_recipe, recipes_with
 
@@ -215,18 +216,44 @@ class Experiment:
         lr = c.outer_lr if c.lr_decay_every is None else StepDecay(c.outer_lr, c.lr_decay_every, c.lr_decay)
         return self.algorithm.outer_optimizer(lr)
 
-    def train_batch(self, step: int):
-        """Training batch ``step`` (a function of ``(seed, step)``), shaped for the model."""
+    def train_batch(self, step: int, share: tuple[int, int] = (0, 1)):
+        """Training batch ``step`` (a function of ``(seed, step)``), shaped for the model.
+
+        ``share=(r, W)``: worker ``r``'s equal part of it. For episodes that is
+        episodes ``step*B + r*B/W ...`` of the same sequence, i.e. the sampler's
+        batch ``step*W + r`` of ``B/W`` tasks; for pairs, the ``r``-th slice of
+        the step's pairs (drawn, and distorted, whole on every worker)."""
+        rank, world = share
         if self.recipe.trains_on == "pairs":
             x1, x2, same = self.sources.train.batch(step)
+            if world > 1:
+                per = len(same) // world
+                x1, x2, same = (a[rank * per:(rank + 1) * per] for a in (x1, x2, same))
             if self.flatten:
                 x1, x2 = x1.reshape(len(x1), -1), x2.reshape(len(x2), -1)
             return PairBatch(x1, x2, same)
-        return self._flat(self.sources.train.batch(step, self.c.meta_batch))
+        per = self.c.meta_batch // world
+        return self._flat(self.sources.train.batch(step * world + rank, per))
 
-    def loss_and_grad(self, params, step: int):
-        """``(loss, direction)`` of training step ``step`` for the outer optimizer."""
-        return self.algorithm.meta_value_and_grad(params, self.train_batch(step))
+    def check_split(self, world: int) -> None:
+        """A clear error when a training batch cannot be split over ``world``
+        workers with the same result as one process."""
+        if world <= 1:
+            return
+        per_step = self.c.meta_batch
+        if self.recipe.trains_on == "pairs":
+            per_step = len(self.sources.train.batch(0)[2])
+        split_check(per_step, world, "meta_batch")
+        reason = self.algorithm.batch_coupling()
+        if reason is not None:
+            raise ValueError(f"Expected a training batch whose tasks or pairs are independent for workers > 1. "
+                             f"Received: {reason}, so a batch split over {world} workers would train a different "
+                             f"model; run it as one process")
+
+    def loss_and_grad(self, params, step: int, share: tuple[int, int] = (0, 1)):
+        """``(loss, direction)`` of training step ``step`` (worker ``share[0]``'s
+        part of it, of ``share[1]``) for the outer optimizer."""
+        return self.algorithm.meta_value_and_grad(params, self.train_batch(step, share))
 
     def _flat(self, batch: TaskBatch) -> TaskBatch:
         """``batch`` with examples flattened when the model takes flat vectors."""
@@ -245,17 +272,30 @@ class Experiment:
         return ops.to_numpy(self.algorithm.predict_episode(params, shaped, self.test_steps))
 
     def evaluate(self, params, episodes: int | None = None, offset: int = 0,
-                 validation: bool = False) -> tuple[str, np.ndarray]:
+                 validation: bool = False, workers=None) -> tuple[str, np.ndarray]:
         """Per-episode test metric over test episodes ``offset .. offset + episodes - 1``
         (default: the config's ``test_tasks`` from 0); ``validation=True`` samples
-        the validation classes instead where the data set has them."""
+        the validation classes instead where the data set has them.
+
+        ``workers`` (a :class:`~metabridge.train.distributed.Workers`): chunk
+        ``k`` of 50 episodes is evaluated by worker ``k mod W``, exactly as one
+        process evaluates it, and every worker gets all the values."""
         test = self.sources.val if validation and self.sources.val is not None else self.sources.test
         episodes = self.c.test_tasks if episodes is None else episodes
-        values, chunk = [], 50
-        for start in range(0, episodes, chunk):
-            batch = self._shaped([test.episode(offset + start + j) for j in range(min(chunk, episodes - start))])
+        rank, world = (0, 1) if workers is None else (workers.rank, workers.world)
+        values, mine, chunk = [], [], 50
+        for k, start in enumerate(range(0, episodes, chunk)):
+            if k % world != rank:
+                continue
+            n = min(chunk, episodes - start)
+            batch = self._shaped([test.episode(offset + start + j) for j in range(n)])
             values.append(self.algorithm.episode_metric(params, batch, self.test_steps))
-        return self.metric_name, np.concatenate(values)
+            mine.append(np.arange(start, start + n))
+        if workers is None:
+            return self.metric_name, np.concatenate(values)
+        values = np.concatenate(values) if values else np.zeros(0)
+        positions = np.concatenate(mine) if mine else np.zeros(0, np.int64)
+        return self.metric_name, workers.gather(values, positions, episodes)
 
 
 def parity(a: RunResult, b: RunResult) -> dict:

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from metabridge import config, ops
+from metabridge.train import distributed
 from metabridge.utils.progress import progress
 from metabridge.train.checkpoint import (
     CheckpointError,
@@ -162,23 +163,35 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
     c = cfg.resolved()
     if run is not None and run_dir is not None:
         raise ValueError(f"Expected run or run_dir, not both. Received: run={run.path!r}, run_dir={run_dir!r}")
-    lock = None
+    spec = distributed.from_env()
+    main = spec is None or spec.rank == 0  # only worker 0 writes to the run directory and the terminal
+    quiet = quiet or not main
+    lock = workers = None
     if run is not None:
         run.check_unchanged()
         _check_run_matches(run, c, backend)
         run.check_no_links()
-        lock = RunLock(run.path).acquire()
+        if main:
+            lock = RunLock(run.path).acquire()
     if run_dir is not None:
-        RunDir.check_new(run_dir)
+        if main:
+            RunDir.check_new(run_dir)
         options = (options or RunOptions()).checked()
+    schedule = run.options if run is not None else options
     tb = None
     try:
         check_memory(c)
         with config.use_floatx(c.floatx), config.use_backend(backend) as name:
+            if spec is not None:  # before the model: TensorFlow's strategy must precede any op
+                workers = distributed.Workers.connect(spec, name)
             setup = Experiment(c)
-            if run_dir is not None:
+            setup.check_split(1 if workers is None else workers.world)
+            share = (0, 1) if workers is None else (workers.rank, workers.world)
+            if run_dir is not None and main:
                 lock = RunLock(run_dir).acquire()
                 run = RunDir.create(run_dir, c, options, name, input_shape=setup.input_shape)
+            if not main:
+                run = None
             init = setup.init_params(c.seed)
             opt = setup.optimizer()
             params = {k: ops.asarray(v) for k, v in init.items()}
@@ -207,12 +220,17 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 remove_stale_temporaries(run.checkpoints)
                 kept = run.truncate_metrics(start)
                 tb = _tensorboard(run, kept)
+            if workers is not None:
+                params, state, start, elapsed_before = workers.broadcast_state(params, state, start,
+                                                                               elapsed_before)
             losses = [r["loss"] for r in kept if "loss" in r]
             monitor = "val_" if setup.sources.val is not None else "monitor_"
             bar = progress(range(start, c.steps), c.steps - start, f"{c.algo}/{c.dataset} [{name}]", quiet)
             t0, pending, postfix = time.perf_counter(), [], {}
             for step in bar:
-                loss, direction = setup.loss_and_grad(params, step)
+                loss, direction = setup.loss_and_grad(params, step, share)
+                if workers is not None:
+                    loss, direction = workers.mean(loss, direction, step)
                 value = float(loss) if isinstance(loss, (int, float)) else float(ops.to_numpy(loss))
                 bad = None if math.isfinite(value) else f"meta-loss {value}"
                 new_params, new_state = opt.update(params, direction, state) if bad is None else (None, None)
@@ -234,10 +252,10 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 losses.append(value)
                 seconds = elapsed_before + time.perf_counter() - t0
                 records = [{"step": step, "loss": value, "seconds": round(seconds, 4)}]
-                if run is not None and run.options.eval_every and (step + 1) % run.options.eval_every == 0:
+                if schedule is not None and schedule.eval_every and (step + 1) % schedule.eval_every == 0:
                     offset = 0 if monitor == "val_" else VALIDATION_OFFSET
-                    values = setup.evaluate(params, episodes=run.options.eval_episodes, offset=offset,
-                                            validation=True)[1]
+                    values = setup.evaluate(params, episodes=schedule.eval_episodes, offset=offset,
+                                            validation=True, workers=workers)[1]
                     mean, ci = mean_ci95(values)
                     records.append({"step": step, monitor + setup.metric_name: mean, monitor + "ci95": ci})
                     postfix[monitor + setup.metric_name] = f"{mean:.4f}"
@@ -255,7 +273,8 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                         tb.flush()
                     meta = {"opt_step": int(state["step"]), "seconds": seconds, "backend": name,
                             "floatx": c.floatx, "algo": c.algo, "run_id": run.id,
-                            "config_sha256": run.config_sha256}
+                            "config_sha256": run.config_sha256,
+                            "workers": 1 if workers is None else workers.world}
                     save_checkpoint(run.checkpoints, done, _checkpoint_tensors(params, state), meta,
                                     keep=run.options.keep)
                     last_saved = done
@@ -263,7 +282,7 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 run.append_metrics(pending)
             trained_steps = max(c.steps - start, 1)
             seconds_per_step = (time.perf_counter() - t0) / trained_steps
-            metric_name, values = setup.evaluate(params)
+            metric_name, values = setup.evaluate(params, workers=workers)
             mean, ci = mean_ci95(values)
             numpy_params = {k: ops.to_numpy(v) for k, v in params.items()}
             result = RunResult(name, losses, metric_name, mean, ci, seconds_per_step, numpy_params,
@@ -278,6 +297,8 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
             tb.close()
         if lock is not None:
             lock.release()
+        if workers is not None:
+            workers.close()
 
 
 def run_experiment(cfg: ExperimentConfig, backend: str, quiet: bool = False) -> RunResult:
