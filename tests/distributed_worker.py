@@ -23,23 +23,30 @@ def spy_on_all_reduce(backend: str, counts: dict) -> None:
             counts["all_reduce"] += 1
             return original(*args, **kwargs)
         dist.all_reduce = spy
-    else:
-        import tensorflow as tf
-        original = tf.distribute.ReplicaContext.all_reduce
+    else:  # strategy.reduce runs inside a tf.function: count the calls, and read its graph (engine())
+        from metabridge.backends.tensorflow.distributed import Collective
+        original = Collective.all_reduce_sum
 
         def spy(self, *args, **kwargs):
             counts["all_reduce"] += 1
             return original(self, *args, **kwargs)
-        tf.distribute.ReplicaContext.all_reduce = spy
+        Collective.all_reduce_sum = spy
 
 
 def engine(backend: str) -> dict:
     if backend == "torch":
         import torch.distributed as dist
         return {"initialized": dist.is_initialized(), "name": dist.get_backend(), "world": dist.get_world_size()}
+    import tensorflow as tf
+
     from metabridge.backends.tensorflow import distributed
     s = distributed._STRATEGY
-    return {"initialized": s is not None, "name": type(s).__name__, "world": s.num_replicas_in_sync}
+    group = distributed.Collective(s.cluster_resolver.task_id, s.num_replicas_in_sync, 60.0)
+    value = tf.constant([1.0, 2.0], tf.float64)
+    summed = group.all_reduce_sum([value])[0].numpy().tolist()  # every worker makes this call
+    graph = group._reduce.get_concrete_function(value).graph
+    return {"initialized": s is not None, "name": type(s).__name__, "world": s.num_replicas_in_sync,
+            "ops": sorted({op.type for op in graph.get_operations()}), "summed": summed}
 
 
 def main() -> None:

@@ -115,8 +115,9 @@ def test_the_all_reduce_is_the_framework_s(group):
         assert engine["initialized"] and engine["world"] == 2
         if backend == "torch":
             assert engine["name"] == "gloo"
-        else:  # tf.distribute.MultiWorkerMirroredStrategy's class
+        else:  # tf.distribute.MultiWorkerMirroredStrategy's class, reducing with TensorFlow's collective op
             assert engine["name"] == "CollectiveAllReduceStrategy"
+            assert "CollectiveReduceV2" in engine["ops"] and engine["summed"] == [2.0, 4.0]
         for name, cfg in RUNS.items():
             # one per step, one per validation (2) and one for the test set; TensorFlow's
             # start-up broadcast is a sum too (torch uses dist.broadcast)
@@ -280,3 +281,17 @@ def test_worker_environment_for_each_engine():
     assert json.loads(env["TF_CONFIG"]) == {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
                                             "task": {"type": "worker", "index": 0}}
     assert "RANK" not in env
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torchrun comes with torch")
+def test_torchrun_launches_the_cli(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "metabridge"]
+    args = ["train", "--algo", "maml", "--dataset", "digits", "--steps", "6", "--meta-batch", "4", "--floatx",
+            "float64", "--test-tasks", "100", "--quiet", "--backend", "torch", "--run-dir", str(tmp_path / "tr")]
+    done = subprocess.run(torchrun + args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("maml on digits") == 1  # worker 0 reports for the group
+    saved, meta = latest_params(str(tmp_path / "tr" / "checkpoints"))
+    assert meta["workers"] == 2
+    ref = train(ExperimentConfig(**RUNS["maml"]), "torch", quiet=True)
+    _assert_params_equal(ref.params, saved, 1e-12)

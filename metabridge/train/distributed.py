@@ -123,6 +123,8 @@ class Workers:
         if not timeout > 0:
             raise ValueError(f"Expected {TIMEOUT_ENV} > 0 (seconds). Received: {timeout}")
         backends.load(name)
+        if config.get_device() != "cpu":  # one GPU per worker of a node: the one of its local rank
+            config.set_device(f"gpu:{spec.local_rank}")
         module = importlib.import_module(f"{backends.record(name).package}.distributed")
         try:
             collective = module.Collective(spec.rank, spec.world, timeout)
