@@ -29,6 +29,10 @@ RUNS = {
     "reptile": dict(algo="reptile", dataset="digits", steps=6, meta_batch=4, **F64),
     "protonet": dict(algo="protonet", dataset="digits", steps=6, meta_batch=4, **F64),
     "siamese": dict(algo="siamese", dataset="digits", steps=6, meta_batch=8, **F64),  # 8 pairs, 4 per worker
+    "fomaml": dict(algo="fomaml", dataset="digits", steps=6, meta_batch=4, **F64),
+    "metasgd": dict(algo="metasgd", dataset="digits", steps=6, meta_batch=4, **F64),
+    "anil": dict(algo="anil", dataset="digits", steps=6, meta_batch=4, **F64),
+    "matching": dict(algo="matching", dataset="digits", steps=6, meta_batch=4, **F64),
     "maml32": dict(algo="maml", dataset="digits", steps=20, meta_batch=4, test_tasks=100),
 }
 FLOOR_STEPS = {"protonet": RUNS["protonet"]["steps"]}  # see _assert_params_equal
@@ -78,7 +82,7 @@ def _val_records(path):
     return [r for r in lines if any(k.startswith(("val_", "monitor_")) and not k.endswith("ci95") for k in r)]
 
 
-@pytest.mark.parametrize("name", ["maml", "reptile", "protonet", "siamese"])
+@pytest.mark.parametrize("name", ["maml", "reptile", "protonet", "siamese", "fomaml", "metasgd", "anil", "matching"])
 def test_two_workers_equal_one_process_in_float64(group, name, tmp_path):
     backend, out, seen = group
     ref = _one_process(backend, name, tmp_path)
