@@ -246,6 +246,9 @@ def _print_result(cfg, runs: dict, as_json: bool, run_dir: str | None) -> int:
         print(json.dumps(report, indent=2))
     else:
         _print_table(cfg, report["results"], None)
+        for backend, summary in report["results"].items():
+            if summary.get("tested_step") not in (None, cfg.steps):
+                print(f"tested: the parameters of step {summary['tested_step']} (the best validation; --keep-best)")
         if run_dir:
             print(f"run directory: {run_dir}")
     return 0
@@ -301,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_p.add_argument("--eval-episodes", type=int, default=S, help="episodes per validation (default 100)")
     train_p.add_argument("--tensorboard", action="store_const", const=True, default=S,
                        help="also write TensorBoard event files to RUN_DIR/tb")
+    train_p.add_argument("--keep-best", action="store_const", const=True, default=S,
+                         help="early stopping: keep the best validated parameters in RUN_DIR/best and test "
+                              "those (needs --eval-every)")
     train_p.add_argument("--workers", type=int, default=1, help=WORKERS_HELP)
     train_p.set_defaults(func=cmd_train)
     resume_p = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")

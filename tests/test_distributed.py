@@ -34,10 +34,12 @@ RUNS = {
     "anil": dict(algo="anil", dataset="digits", steps=6, meta_batch=4, **F64),
     "matching": dict(algo="matching", dataset="digits", steps=6, meta_batch=4, **F64),
     "maml32": dict(algo="maml", dataset="digits", steps=20, meta_batch=4, test_tasks=100),
+    "maml_best": dict(algo="maml", dataset="digits", steps=6, meta_batch=4, outer_lr=0.05, **F64),
 }
 FLOOR_STEPS = {"protonet": RUNS["protonet"]["steps"]}  # see _assert_params_equal
 # Validation every 3 steps on 60 episodes (chunks of 50 and 10: one per worker); test on 100 (50 + 50).
 OPTIONS = dict(checkpoint_every=3, eval_every=3, eval_episodes=60)
+RUN_OPTIONS = {name: OPTIONS for name in RUNS} | {"maml_best": {**OPTIONS, "keep_best": True}}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -47,7 +49,7 @@ def group(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"group-{backend}")
     plan = out / "plan.json"
     plan.write_text(json.dumps({"backend": backend, "runs": [
-        {"name": name, "config": cfg, "options": OPTIONS} for name, cfg in RUNS.items()]}))
+        {"name": name, "config": cfg, "options": RUN_OPTIONS[name]} for name, cfg in RUNS.items()]}))
     rc = launch_mod.launch([str(plan), str(out)], 2, backend, program=[sys.executable, WORKER])
     assert rc == 0
     seen = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
@@ -56,7 +58,7 @@ def group(request, tmp_path_factory):
 
 def _one_process(backend, name, tmp_path):
     return train(ExperimentConfig(**RUNS[name]), backend, run_dir=str(tmp_path / name),
-                 options=RunOptions(**OPTIONS), quiet=True)
+                 options=RunOptions(**RUN_OPTIONS[name]), quiet=True)
 
 
 def _assert_params_equal(ref: dict, got: dict, tol: float, steps: int = 0, lr: float = 1e-3) -> None:
@@ -82,7 +84,8 @@ def _val_records(path):
     return [r for r in lines if any(k.startswith(("val_", "monitor_")) and not k.endswith("ci95") for k in r)]
 
 
-@pytest.mark.parametrize("name", ["maml", "reptile", "protonet", "siamese", "fomaml", "metasgd", "anil", "matching"])
+@pytest.mark.parametrize("name", ["maml", "reptile", "protonet", "siamese", "fomaml", "metasgd", "anil", "matching",
+                                  "maml_best"])
 def test_two_workers_equal_one_process_in_float64(group, name, tmp_path):
     backend, out, seen = group
     ref = _one_process(backend, name, tmp_path)
@@ -101,6 +104,11 @@ def test_two_workers_equal_one_process_in_float64(group, name, tmp_path):
     saved, meta = latest_params(str(out / name / "checkpoints"))
     assert meta["workers"] == 2 and meta["step"] == RUNS[name]["steps"]
     _assert_params_equal(ref.params, saved, 1e-12, FLOOR_STEPS.get(name, 0))
+    if RUN_OPTIONS[name].get("keep_best"):  # early stopping chose the same step and tested it
+        best, best_meta = latest_params(str(out / name / "best"))
+        ref_best, ref_meta = latest_params(str(tmp_path / name / "best"))
+        assert best_meta["step"] == ref_meta["step"]
+        _assert_params_equal(ref_best, best, 1e-12)
 
 
 def test_two_workers_float32_loss_curve(group, tmp_path):
@@ -125,7 +133,9 @@ def test_the_all_reduce_is_the_framework_s(group):
         for name, cfg in RUNS.items():
             # one per step, one per validation (2) and one for the test set; TensorFlow's
             # start-up broadcast is a sum too (torch uses dist.broadcast)
-            expected = cfg["steps"] + cfg["steps"] // OPTIONS["eval_every"] + 1 + (2 if backend == "tensorflow" else 0)
+            broadcasts = 2 + 2 * RUN_OPTIONS[name].get("keep_best", False)
+            expected = cfg["steps"] + cfg["steps"] // OPTIONS["eval_every"] + 1 + (
+                broadcasts if backend == "tensorflow" else 0)
             assert seen[rank]["runs"][name]["all_reduce_calls"] == expected
 
 

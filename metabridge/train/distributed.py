@@ -163,6 +163,17 @@ class Workers:
         new_state = {"step": int(got[1]), **dict(zip(slots, tensors[len(keys):]))}
         return new_params, new_state, int(got[0]), float(got[2])
 
+    def broadcast_best(self, best, params: dict):
+        """Worker 0's kept best validation ``(value, step, params)`` (or None) on every worker."""
+        keys = sorted(params)
+        mine = best[2] if best is not None else params
+        tensors = self._call("the start-up broadcast", self.collective.broadcast, [mine[k] for k in keys])
+        numbers = np.asarray([0.0, 0.0, 0.0] if best is None else [1.0, best[0], best[1]], dtype=np.float64)
+        with config.use_floatx("float64"):
+            got = ops.to_numpy(self._call("the start-up broadcast", self.collective.broadcast,
+                                          [ops.asarray(numbers)])[0])
+        return None if got[0] == 0 else (float(got[1]), int(got[2]), dict(zip(keys, tensors)))
+
     def gather(self, values: np.ndarray, mine: np.ndarray, total: int) -> np.ndarray:
         """Every worker's per-episode values as one array of ``total``: worker
         ``r`` holds ``values`` at positions ``mine``; the others add zeros."""

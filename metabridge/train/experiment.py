@@ -156,6 +156,8 @@ class RunResult:
     seconds_per_step: float
     params: dict
     data: dict | None = None
+    #: The step whose parameters the test evaluated (the last, or with keep_best the best validated).
+    tested_step: int | None = None
 
     @property
     def final_loss(self) -> float:
@@ -163,7 +165,8 @@ class RunResult:
 
     def summary(self) -> dict:
         return {"final_loss": self.final_loss, "metric_name": self.metric_name, "metric": self.metric,
-                "metric_ci95": self.metric_ci95, "seconds_per_step": self.seconds_per_step, "data": self.data}
+                "metric_ci95": self.metric_ci95, "seconds_per_step": self.seconds_per_step, "data": self.data,
+                "tested_step": self.tested_step}
 
 
 def _flat_rows(a):

@@ -110,6 +110,34 @@ def expected_checkpoint(run: RunDir, setup: Experiment, c: ExperimentConfig) -> 
                     meta={"floatx": floatx, "algo": c.algo})
 
 
+LOWER_IS_BETTER = ("mse", "loss")
+
+
+def best_expected(run: RunDir, setup: Experiment, c: ExperimentConfig) -> Expected:
+    """What ``RUN_DIR/best/`` must hold: this run's parameters (no optimizer slots)."""
+    init = setup.init_params(c.seed)
+    return Expected(run.id, run.config_sha256, c.steps,
+                    {f"params/{k}": (tuple(np.shape(v)), run.config.floatx) for k, v in init.items()},
+                    meta={"floatx": run.config.floatx, "algo": c.algo})
+
+
+def _load_best(run: RunDir, setup: Experiment, c: ExperimentConfig, init: dict):
+    """``(value, step, params)`` of the run's kept best validation, or None."""
+    if not os.path.isdir(run.best):
+        return None
+    saved = load_latest(run.best, best_expected(run, setup, c))
+    if saved is None or not isinstance(saved[1].get("val_metric"), (int, float)):
+        return None
+    p, _, _ = split_tensors(saved[0])
+    return float(saved[1]["val_metric"]), int(saved[1]["step"]), {k: ops.asarray(p[k]) for k in init}
+
+
+def _better(value: float, best, metric_name: str) -> bool:
+    if best is None:
+        return True
+    return value < best[0] if metric_name in LOWER_IS_BETTER else value > best[0]
+
+
 def _has_progress(run: RunDir) -> bool:
     """Whether anything a restart would overwrite exists: checkpoint files, metric lines, result.json."""
     ckpt = os.path.isdir(run.checkpoints) and any(n.startswith("step-") for n in os.listdir(run.checkpoints))
@@ -178,6 +206,7 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
             RunDir.check_new(run_dir)
         options = (options or RunOptions()).checked()
     schedule = run.options if run is not None else options
+    keep_best = schedule is not None and schedule.keep_best
     tb = None
     try:
         check_memory(c)
@@ -196,7 +225,7 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
             opt = setup.optimizer()
             params = {k: ops.asarray(v) for k, v in init.items()}
             state = opt.init(params)
-            start, elapsed_before, kept, last_saved = 0, 0.0, [], None
+            start, elapsed_before, kept, last_saved, best = 0, 0.0, [], None, None
             if run is not None:
                 reasons: list[str] = []
                 saved = None
@@ -220,9 +249,13 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 remove_stale_temporaries(run.checkpoints)
                 kept = run.truncate_metrics(start)
                 tb = _tensorboard(run, kept)
+                if keep_best:
+                    best = _load_best(run, setup, c, init)
             if workers is not None:
                 params, state, start, elapsed_before = workers.broadcast_state(params, state, start,
                                                                                elapsed_before)
+                if keep_best:
+                    best = workers.broadcast_best(best, params)
             losses = [r["loss"] for r in kept if "loss" in r]
             monitor = "val_" if setup.sources.val is not None else "monitor_"
             bar = progress(range(start, c.steps), c.steps - start, f"{c.algo}/{c.dataset} [{name}]", quiet)
@@ -258,6 +291,15 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                                             validation=True, workers=workers)[1]
                     mean, ci = mean_ci95(values)
                     records.append({"step": step, monitor + setup.metric_name: mean, monitor + "ci95": ci})
+                    if keep_best and _better(mean, best, setup.metric_name):
+                        best = (mean, step + 1, params)
+                        if run is not None:
+                            save_checkpoint(run.best, step + 1, {f"params/{k}": ops.to_numpy(v)
+                                                                 for k, v in params.items()},
+                                            {"opt_step": step + 1, "val_metric": mean, "metric_name":
+                                             setup.metric_name, "backend": name, "floatx": c.floatx,
+                                             "algo": c.algo, "run_id": run.id,
+                                             "config_sha256": run.config_sha256}, keep=1)
                     postfix[monitor + setup.metric_name] = f"{mean:.4f}"
                 pending.extend(records)
                 if tb is not None:
@@ -282,15 +324,17 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 run.append_metrics(pending)
             trained_steps = max(c.steps - start, 1)
             seconds_per_step = (time.perf_counter() - t0) / trained_steps
-            metric_name, values = setup.evaluate(params, workers=workers)
+            tested = best[2] if best is not None else params  # keep_best: the best validated parameters
+            metric_name, values = setup.evaluate(tested, workers=workers)
             mean, ci = mean_ci95(values)
             numpy_params = {k: ops.to_numpy(v) for k, v in params.items()}
             result = RunResult(name, losses, metric_name, mean, ci, seconds_per_step, numpy_params,
-                               setup.sources.describe)
+                               setup.sources.describe, tested_step=best[1] if best is not None else c.steps)
             if run is not None:
+                extra = {} if best is None else {"tested_step": best[1], "val_metric": best[0]}
                 write_json_atomic(run.result_path, {"backend": name, "metric_name": metric_name, "metric": mean,
                                                     "metric_ci95": ci, "episodes": c.test_tasks,
-                                                    "final_loss": losses[-1] if losses else None})
+                                                    "final_loss": losses[-1] if losses else None, **extra})
             return result
     finally:
         if tb is not None:

@@ -48,7 +48,10 @@ class RunOptions:
     ``checkpoint_every``: steps between checkpoints (the last step is always saved);
     ``keep``: checkpoints kept; ``eval_every``: steps between validation
     evaluations logged to metrics.jsonl (0: never); ``eval_episodes``: episodes
-    per validation; ``tensorboard``: also write TensorBoard event files.
+    per validation; ``tensorboard``: also write TensorBoard event files;
+    ``keep_best``: early stopping as Koch et al. did it: the parameters of the
+    best validation so far are kept in ``RUN_DIR/best/`` and the final test
+    evaluates them (needs ``eval_every``).
     """
 
     checkpoint_every: int = 100
@@ -56,6 +59,7 @@ class RunOptions:
     eval_every: int = 0
     eval_episodes: int = 100
     tensorboard: bool = False
+    keep_best: bool = False
 
     def checked(self) -> "RunOptions":
         """This object, after checking every field (a clear error names the bad one)."""
@@ -63,8 +67,12 @@ class RunOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"Expected {name} >= {low}. Received: {name}={value!r}")
-        if not isinstance(self.tensorboard, bool):
-            raise ValueError(f"Expected tensorboard true or false. Received: tensorboard={self.tensorboard!r}")
+        for name in ("tensorboard", "keep_best"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Expected {name} true or false. Received: {name}={getattr(self, name)!r}")
+        if self.keep_best and not self.eval_every:
+            raise ValueError("Expected eval_every > 0 with keep_best (the best parameters are chosen on "
+                             "validation). Received: eval_every=0")
         return self
 
 
@@ -84,7 +92,7 @@ def _versions(backend: str) -> dict:
 
 
 #: What a run directory holds; ``train`` refuses a directory holding any of them.
-RUN_FILES = ("config.json", "metrics.jsonl", "result.json", "checkpoints", "tb")
+RUN_FILES = ("config.json", "metrics.jsonl", "result.json", "checkpoints", "tb", "best")
 #: Cap on metrics.jsonl (about ten million logged steps).
 MAX_METRICS_BYTES = 1 << 30
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
@@ -206,6 +214,11 @@ class RunDir:
     @property
     def result_path(self) -> str:
         return os.path.join(self.path, "result.json")
+
+    @property
+    def best(self) -> str:
+        """Where ``keep_best`` keeps the parameters of the best validation so far."""
+        return os.path.join(self.path, "best")
 
     @property
     def config_path(self) -> str:
