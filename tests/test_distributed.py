@@ -309,3 +309,16 @@ def test_torchrun_launches_the_cli(tmp_path):
     assert meta["workers"] == 2
     ref = train(ExperimentConfig(**RUNS["maml"]), "torch", quiet=True)
     _assert_params_equal(ref.params, saved, 1e-12)
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="needs torch")
+def test_an_error_on_worker_0_stops_the_group_at_once(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}")
+    started = time.monotonic()
+    r = _metabridge("train", "--algo", "maml", "--dataset", "digits", "--meta-batch", "4", "--steps", "3",
+                    "--backend", "torch", "--workers", "2", "--run-dir", str(tmp_path / "taken"))
+    assert r.returncode == 2
+    assert "Expected a new run directory" in r.stderr and "worker 0 of 2" in r.stderr
+    assert time.monotonic() - started < 120  # not the collective timeout (300 s)
+    assert (tmp_path / "taken" / "config.json").read_text() == "{}"

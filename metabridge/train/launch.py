@@ -26,7 +26,7 @@ import time
 
 from metabridge import backend as backends
 
-GRACE_S = 20.0  # after one worker fails, how long the others get to stop by themselves
+GRACE_S = 5.0  # after one worker fails, how long the others get to stop by themselves (and say why)
 _GROUP_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TF_CONFIG",
                "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 
