@@ -139,7 +139,7 @@ def _supervise(procs: list, logs: str, grace_s: float) -> int:
     rank, rc, _ = failed
     msg = f"metabridge: error: worker {rank} of {len(procs)} (pid {procs[rank].pid}) {_describe_exit(rc)}"
     others = [r for r, p in enumerate(procs) if r != rank and p.returncode not in (None, 0)]
-    msg += f"; stopped the other workers ({', '.join(map(str, others)) or 'none left running'})."
+    msg += f"; the other workers stopped ({', '.join(map(str, others)) or 'none was left running'})."
     if rank != 0:
         tail = _tail(os.path.join(logs, f"worker-{rank}.log"))
         if tail:
