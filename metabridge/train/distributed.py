@@ -196,7 +196,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def split_check(batch_size: int, world: int, what: str = "meta_batch") -> int:
-    """Tasks per worker; a clear error when ``batch_size`` does not split evenly."""
+    """Tasks per worker; a clear error when ``batch_size`` does not split evenly.
+
+    >>> split_check(32, 4)
+    8
+    """
     if world > batch_size:
         raise ValueError(f"Expected workers <= {what} (each worker takes at least one of the step's "
                          f"{'tasks' if what == 'meta_batch' else 'items'}). Received: workers={world}, "

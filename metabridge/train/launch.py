@@ -32,7 +32,11 @@ _GROUP_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_A
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on 127.0.0.1 right now."""
+    """``n`` distinct TCP ports free on 127.0.0.1 right now.
+
+    >>> len(set(free_ports(2)))
+    2
+    """
     socks = []
     try:
         for _ in range(n):
@@ -47,7 +51,11 @@ def free_ports(n: int) -> list[int]:
 
 def worker_env(rank: int, workers: int, backend: str, ports: list[int], base: dict | None = None) -> dict:
     """The environment of worker ``rank``: the engine's group variables and a
-    share of the machine's cores (unless the caller set thread counts)."""
+    share of the machine's cores (unless the caller set thread counts).
+
+    >>> worker_env(1, 2, "torch", [29500], base={})["RANK"]
+    '1'
+    """
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _GROUP_VARS}
     if backends.canonical_name(backend) == "torch":
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), RANK=str(rank), WORLD_SIZE=str(workers),
