@@ -322,3 +322,22 @@ def test_an_error_on_worker_0_stops_the_group_at_once(tmp_path):
     assert "Expected a new run directory" in r.stderr and "worker 0 of 2" in r.stderr
     assert time.monotonic() - started < 120  # not the collective timeout (300 s)
     assert (tmp_path / "taken" / "config.json").read_text() == "{}"
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torchrun comes with torch")
+def test_two_node_torchrun_on_one_machine(tmp_path):
+    """``torchrun --nnodes 2`` as two nodes would run it, both on loopback."""
+    port = launch_mod.free_ports(1)[0]
+    args = ["train", "--algo", "maml", "--dataset", "digits", "--steps", "6", "--meta-batch", "4", "--floatx",
+            "float64", "--test-tasks", "100", "--quiet", "--backend", "torch", "--run-dir", str(tmp_path / "mn")]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(r),
+                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                               "-m", "metabridge", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], [o[1][-1500:] for o in outs]
+    assert "maml on digits" in outs[0][0] and "maml on digits" not in outs[1][0]  # node 0 holds worker 0
+    saved, meta = latest_params(str(tmp_path / "mn" / "checkpoints"))
+    assert meta["workers"] == 2
+    ref = train(ExperimentConfig(**RUNS["maml"]), "torch", quiet=True)
+    _assert_params_equal(ref.params, saved, 1e-12)
