@@ -204,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          "Received: no run directory")
     args.run_dir = run_dir  # for the Ctrl-C hint
     if _launching(args):
-        if cfg.algo and get_recipe(cfg.algo).trains_on == "episodes":
+        if get_recipe(cfg.algo).trains_on == "episodes":
             split_check(cfg.meta_batch, args.workers)
         return launch(_without_workers(args.argv), args.workers, backends[0])
     result = train(cfg, backends[0], run_dir=run_dir, options=RunOptions(**run_values) if run_dir else None,
@@ -237,7 +237,8 @@ def _without_workers(argv: list[str]) -> list[str]:
 
 
 def _print_result(cfg, runs: dict, as_json: bool, run_dir: str | None) -> int:
-    if distributed.from_env() is not None and distributed.from_env().rank != 0:
+    spec = distributed.from_env()
+    if spec is not None and spec.rank != 0:
         return 0  # worker 0 reports for the group
     report = _report(cfg, runs)
     if run_dir:

@@ -341,3 +341,11 @@ def test_two_node_torchrun_on_one_machine(tmp_path):
     assert meta["workers"] == 2
     ref = train(ExperimentConfig(**RUNS["maml"]), "torch", quiet=True)
     _assert_params_equal(ref.params, saved, 1e-12)
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-5", "inf", "nan"])
+def test_a_bad_collective_timeout_is_a_clear_error(raw):
+    with pytest.raises(ValueError, match=f"Expected METABRIDGE_COLLECTIVE_TIMEOUT > 0 \\(seconds\\). "
+                                         f"Received: METABRIDGE_COLLECTIVE_TIMEOUT='{raw}'"):
+        distributed.collective_timeout({"METABRIDGE_COLLECTIVE_TIMEOUT": raw})
+    assert distributed.collective_timeout({}) == 300.0

@@ -91,6 +91,22 @@ def from_env(environ=None) -> WorldSpec | None:
     return None
 
 
+def collective_timeout(environ=None) -> float:
+    """Seconds a collective may wait for the others (``METABRIDGE_COLLECTIVE_TIMEOUT``, default 300).
+
+    >>> collective_timeout({"METABRIDGE_COLLECTIVE_TIMEOUT": "60"})
+    60.0
+    """
+    raw = (os.environ if environ is None else environ).get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = float("nan")
+    if not (timeout > 0 and timeout != float("inf")):
+        raise ValueError(f"Expected {TIMEOUT_ENV} > 0 (seconds). Received: {TIMEOUT_ENV}={raw!r}")
+    return timeout
+
+
 class Workers:
     """This process's place in a data-parallel group and the collective steps
     of training, over the backend's own engine.
@@ -119,9 +135,7 @@ class Workers:
                              f"({'TF_CONFIG' if name == 'tensorflow' else 'torchrun: RANK/WORLD_SIZE'}) for "
                              f"{spec.world} {name} workers. Received: {spec.source}, which configures "
                              f"{spec.engine} workers")
-        timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-        if not timeout > 0:
-            raise ValueError(f"Expected {TIMEOUT_ENV} > 0 (seconds). Received: {timeout}")
+        timeout = collective_timeout()
         backends.load(name)
         if config.get_device() != "cpu":  # one GPU per worker of a node: the one of its local rank
             config.set_device(f"gpu:{spec.local_rank}")
@@ -155,23 +169,24 @@ class Workers:
         slots = sorted(k for k in state if k != "step")
         tensors = self._call("the start-up broadcast", self.collective.broadcast,
                              [params[k] for k in keys] + [state[k] for k in slots])
-        numbers = np.asarray([start, int(state["step"]), seconds], dtype=np.float64)
-        with config.use_floatx("float64"):
-            got = ops.to_numpy(self._call("the start-up broadcast", self.collective.broadcast,
-                                          [ops.asarray(numbers)])[0])
+        got = self._broadcast_numbers([start, int(state["step"]), seconds])
         new_params = dict(zip(keys, tensors[:len(keys)]))
         new_state = {"step": int(got[1]), **dict(zip(slots, tensors[len(keys):]))}
         return new_params, new_state, int(got[0]), float(got[2])
+
+    def _broadcast_numbers(self, numbers: list) -> np.ndarray:
+        """Worker 0's ``numbers`` (steps, seconds, flags: exact in float64) on every worker."""
+        with config.use_floatx("float64"):
+            out = self._call("the start-up broadcast", self.collective.broadcast,
+                             [ops.asarray(np.asarray(numbers, dtype=np.float64))])
+        return ops.to_numpy(out[0])
 
     def broadcast_best(self, best, params: dict):
         """Worker 0's kept best validation ``(value, step, params)`` (or None) on every worker."""
         keys = sorted(params)
         mine = best[2] if best is not None else params
         tensors = self._call("the start-up broadcast", self.collective.broadcast, [mine[k] for k in keys])
-        numbers = np.asarray([0.0, 0.0, 0.0] if best is None else [1.0, best[0], best[1]], dtype=np.float64)
-        with config.use_floatx("float64"):
-            got = ops.to_numpy(self._call("the start-up broadcast", self.collective.broadcast,
-                                          [ops.asarray(numbers)])[0])
+        got = self._broadcast_numbers([0.0, 0.0, 0.0] if best is None else [1.0, best[0], best[1]])
         return None if got[0] == 0 else (float(got[1]), int(got[2]), dict(zip(keys, tensors)))
 
     def gather(self, values: np.ndarray, mine: np.ndarray, total: int) -> np.ndarray:

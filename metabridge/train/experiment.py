@@ -245,7 +245,8 @@ class Experiment:
             return
         per_step = self.c.meta_batch
         if self.recipe.trains_on == "pairs":
-            per_step = len(self.sources.train.batch(0)[2])
+            sampler = self.sources.train
+            per_step = sampler.batch_size if hasattr(sampler, "batch_size") else len(sampler.batch(0)[2])
         split_check(per_step, world, "meta_batch")
         reason = self.algorithm.batch_coupling()
         if reason is not None:

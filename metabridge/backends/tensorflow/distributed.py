@@ -53,10 +53,6 @@ class Collective:
             tensors = [tf.zeros_like(t) for t in tensors]
         return self.all_reduce_sum(tensors)
 
-    def barrier(self) -> None:
-        """Wait until every worker arrives (a one-element all-reduce)."""
-        self.all_reduce_sum([tf.zeros([1])])
-
     def close(self) -> None:
         """Nothing to release: the strategy lives as long as the process (the next
         training in this process joins the same group)."""

@@ -48,10 +48,6 @@ class Collective:
         dist.broadcast(flat, src=root)
         return _unflat(flat, tensors)
 
-    def barrier(self) -> None:
-        """Wait until every worker arrives."""
-        dist.barrier()
-
     def close(self) -> None:
         """Nothing to release: the group lives as long as the process (the next
         training in this process joins the same group; it is left at exit)."""
