@@ -59,6 +59,11 @@ def cast(x, dtype: str):
     return _b().cast(x, dtype)
 
 
+def dtype_name(x) -> str:
+    """The dtype of tensor ``x`` by name: ``"float32"``, ``"float64"``, ``"int64"``, …"""
+    return _b().dtype_name(x)
+
+
 def shape(x) -> tuple[int, ...]:
     """The static shape of ``x`` as a tuple of ints."""
     return _b().shape(x)
@@ -253,6 +258,24 @@ def transpose(x, perm: Sequence[int]):
     return _b().transpose(x, tuple(perm))
 
 
+def broadcast_to(x, shape: Sequence[int]):
+    """``x`` repeated to ``shape`` by numpy's broadcasting rules (its gradient
+    sums over the repeated axes).
+
+    >>> broadcast_to(asarray([1.0, 2.0]), (3, 2)).shape     # doctest: +SKIP
+    (3, 2)
+    """
+    x = asarray(x)
+    have, target = tuple(_b().shape(x)), tuple(int(s) for s in shape)
+    try:
+        ok = np.broadcast_shapes(have, target) == target
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"Expected a shape that x broadcasts to. Received: x.shape={have}, shape={target}")
+    return _b().broadcast_to(x, target)
+
+
 def concat(xs: Sequence, axis: int = 0):
     """Join tensors along an existing axis."""
     return _b().concat(xs, axis)
@@ -343,11 +366,14 @@ def resolve_padding(padding: Padding, in_hw: tuple[int, int], kernel_hw: tuple[i
     )
 
 
-def conv2d(x, kernel, stride=1, padding: Padding = "same"):
+def conv2d(x, kernel, stride=1, padding: Padding = "same", bias=None):
     """2-D cross-correlation. ``x``: NHWC, ``kernel``: HWIO ``[kh, kw, in, out]``.
 
     Padding per :func:`resolve_padding` (TensorFlow's ``"same"`` rule on both
-    backends); no bias is added.
+    backends). ``bias`` (``[out]``, optional) is added to every output
+    position, inside the convolution kernel on torch, ``bias_add`` on TensorFlow.
+
+    >>> y = conv2d(x, kernel, stride=2, padding="same", bias=b)   # doctest: +SKIP
     """
     xs, ks = shape(x), shape(kernel)
     if len(xs) != 4 or len(ks) != 4:
@@ -363,7 +389,10 @@ def conv2d(x, kernel, stride=1, padding: Padding = "same"):
             raise ValueError(
                 f"Expected padded input {axis} >= kernel size {k}. Received: {axis}={n} with pads {(lo, hi)}"
             )
-    return _b().conv2d(x, kernel, st, pads)
+    if bias is not None and tuple(shape(bias)) != (ks[3],):
+        raise ValueError(f"Expected bias of shape ({ks[3]},) (the kernel's out-channels). "
+                         f"Received: bias.shape={tuple(shape(bias))}")
+    return _b().conv2d(x, kernel, st, pads, bias)
 
 
 def _pool_geometry(x, size, stride, padding):

@@ -186,6 +186,10 @@ SHAPES = [
     Case("matmul", ops.matmul, np.matmul, lambda r: (N(r, 3, 4), N(r, 4, 5))),
     Case("matmul-batched", ops.matmul, np.matmul, lambda r: (N(r, 2, 3, 4), N(r, 2, 4, 5))),
     Case("matmul-broadcast", ops.matmul, np.matmul, lambda r: (N(r, 2, 3, 4), N(r, 4, 2))),
+    Case("broadcast_to-new-leading-axis", lambda x: ops.broadcast_to(x, (3, 2, 4)),
+         lambda x: np.broadcast_to(x, (3, 2, 4)), lambda r: (N(r, 2, 4),)),
+    Case("broadcast_to-size-1-axes", lambda x: ops.broadcast_to(x, (2, 3, 4)),
+         lambda x: np.broadcast_to(x, (2, 3, 4)), lambda r: (N(r, 3, 1),)),
 ]
 
 CONV_SPECS = [  # (x shape NHWC, kernel shape HWIO, stride, padding)
@@ -210,6 +214,12 @@ CONV = [
          lambda x, k, st=st, pd=pd: np_conv2d(x, k, st, pd),
          lambda r, xs=xs, ks=ks: (N(r, *xs), N(r, *ks)))
     for xs, ks, st, pd in CONV_SPECS
+] + [
+    Case(f"conv2d-bias-x{xs}-k{ks}-s{st}-p{pd}",
+         lambda x, k, b, st=st, pd=pd: ops.conv2d(x, k, st, pd, bias=b),
+         lambda x, k, b, st=st, pd=pd: np_conv2d(x, k, st, pd) + b,
+         lambda r, xs=xs, ks=ks: (N(r, *xs), N(r, *ks), N(r, ks[3])))
+    for xs, ks, st, pd in (CONV_SPECS[0], CONV_SPECS[2], CONV_SPECS[11])
 ]
 
 POOL_SPECS = [  # (x shape, size, stride, padding)
@@ -482,12 +492,28 @@ def _conv_maxpool_lse(p, c):
     return ops.sum(ops.logsumexp(ops.flatten(h), -1))
 
 
+def _conv_bias_bn_pool(p, c):  # Conv4's block: conv (+ bias in the kernel), batch norm, relu, max-pool
+    h = ops.conv2d(p["x"], p["k"], padding="same", bias=p["b"])
+    h, _, _ = ops.batch_norm(ops.tanh(h), p["scale"], p["offset"])
+    return ops.sum(ops.max_pool2d(ops.relu(h), 2) * c["w"])
+
+
+def _tasks_matmul(p, c):  # MAML's batched meta-batch: parameters broadcast over a task axis
+    k = ops.broadcast_to(p["k"], (3,) + tuple(ops.shape(p["k"])))
+    return ops.sum(ops.tanh(ops.matmul(c["x"], k)) * c["w"])
+
+
 def _avgpool_bn_mse(p, c):
     h, _, _ = ops.batch_norm(ops.avg_pool2d(p["x"], 2, padding="same"), p["scale"], p["offset"])
     return ops.mse(ops.sigmoid(h), c["target"])
 
 
 COMPOSITES = [
+    Composite("conv2d+bias->tanh->batch_norm->relu->max_pool2d", _conv_bias_bn_pool, lambda r: (
+        {"x": N(r, 3, 4, 4, 2), "k": N(r, 3, 3, 2, 3, scale=0.5), "b": N(r, 3), "scale": P(r, 3),
+         "offset": N(r, 3)}, {"w": N(r, 3, 2, 2, 3)})),
+    Composite("broadcast_to->batched matmul->tanh", _tasks_matmul, lambda r: (
+        {"k": N(r, 4, 2, scale=0.5)}, {"x": N(r, 3, 5, 4), "w": N(r, 3, 5, 2)})),
     Composite("tanh(conv2d same s2)->batch_norm->cross_entropy", _conv_bn_ce, lambda r: (
         {"x": N(r, 3, 4, 4, 2), "k": N(r, 3, 3, 2, 3, scale=0.5), "scale": P(r, 3), "offset": N(r, 3)},
         {"labels": LABELS(r, 3, 3)})),
@@ -619,6 +645,10 @@ def _bad_conv(xs, ks, stride=1, padding="same"):
     pytest.param(_bad_conv((1, 5, 5, 1), (3, 3, 1, 1), stride=(2,)), id="stride-one-entry"),
     pytest.param(_bad_conv((1, 5, 5, 1), (3, 3, 1, 1), stride=(2, 0)), id="stride-pair-with-0"),
     pytest.param(_bad_conv((1, 5, 5, 1), (3, 3, 1, 1), stride=1.5), id="stride-float"),
+    pytest.param(lambda: ops.conv2d(ops.asarray(np.zeros((1, 5, 5, 2))), ops.asarray(np.zeros((3, 3, 2, 4))),
+                                    bias=ops.asarray(np.zeros(3))), id="conv-bias-wrong-size"),
+    pytest.param(lambda: ops.broadcast_to(ops.asarray(np.zeros((2, 3))), (3, 3)), id="broadcast-incompatible"),
+    pytest.param(lambda: ops.broadcast_to(ops.asarray(np.zeros((2, 3))), (3,)), id="broadcast-fewer-axes"),
     pytest.param(lambda: ops.max_pool2d(ops.asarray(np.zeros((1, 4, 4, 1))), 0), id="pool-size-0"),
     pytest.param(lambda: ops.avg_pool2d(ops.asarray(np.zeros((1, 2, 2, 1))), 3), id="pool-bigger-than-input"),
     pytest.param(lambda: ops.cross_entropy(ops.asarray(np.zeros((2, 3))), ops.asarray([0, 1]), "avg"),

@@ -13,6 +13,7 @@ import numpy as np
 from metabridge import ops
 from metabridge.algorithms.base import Algorithm
 from metabridge.algorithms.common import (
+    LOSSES,
     CompiledFunctions,
     batch_tensors,
     check_batch,
@@ -112,7 +113,42 @@ class MAML(Algorithm):
         return self.inner_loss(adapted, query_x, query_y, ways)
 
     # ---- outer loop ---------------------------------------------------------------------
+    def tasks_batched(self) -> bool:
+        """Whether a meta-batch runs as one batched computation instead of a loop
+        over tasks: the model implements ``apply_tasks`` (an :class:`~metabridge.nn.MLP`),
+        the loss is a built-in mean (``"mse"``, ``"cross_entropy"``) and the task
+        loss is MAML's own (ANIL keeps the loop). Same numbers as the loop to
+        rounding; memory holds every task's graph at once, which for such models
+        is small."""
+        return (getattr(self.model, "task_batched", False) and self.loss_name in LOSSES
+                and type(self).task_loss is MAML.task_loss and type(self).inner_loss is MAML.inner_loss)
+
+    def batched_task_loss(self, params: dict, support_x, support_y, query_x, query_y):
+        """The mean over tasks of :meth:`task_loss`, all tasks at once.
+
+        Every parameter gets a task axis (``broadcast_to``), so the gradient of
+        the summed support loss with respect to copy ``t`` is task ``t``'s own
+        inner gradient; the outer gradient sums back over the copies.
+
+        >>> maml.batched_task_loss(params, sx, sy, qx, qy)   # sx: [tasks, shots, ...]   # doctest: +SKIP
+        """
+        n = ops.shape(support_x)[0]
+        tasks = {k: ops.broadcast_to(v, (n,) + tuple(ops.shape(v))) for k, v in params.items()}
+        keys = self.inner_keys(params)
+        create_graph = not self.first_order
+        for _ in range(self.inner_steps):
+            frozen = tasks
+
+            def summed_loss(sub, x, y):  # the built-in losses are means: n * mean = sum of task means
+                return self.loss_fn(self.model.apply_tasks({**frozen, **sub}, x), y) * float(n)
+
+            grads = inner_gradients(summed_loss, {k: tasks[k] for k in keys}, (support_x, support_y), create_graph)
+            tasks = {**tasks, **self.inner_update(tasks, grads)}
+        return self.loss_fn(self.model.apply_tasks(tasks, query_x), query_y)
+
     def _meta_value_and_grad(self, params, support_x, support_y, query_x, query_y):
+        if self.tasks_batched():
+            return ops.value_and_grad(self.batched_task_loss)(params, support_x, support_y, query_x, query_y)
         n = ops.shape(support_x)[0]
         task_grad = ops.value_and_grad(self.task_loss)
 

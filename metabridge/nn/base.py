@@ -97,15 +97,40 @@ class Model:
     def _forward(self, params, x, state, training):
         raise NotImplementedError
 
+    #: Whether :meth:`apply_tasks` is implemented (models whose layers are batched
+    #: matrix products; convolutions have no per-example kernel op).
+    task_batched = False
+
+    def apply_tasks(self, params: Params, x):
+        """Outputs ``[T, n, ...]`` of ``T`` parameter sets at once: every parameter
+        has a leading task axis (``[T, *shape]``) and ``x`` is ``[T, n, ...]``;
+        row ``t`` equals ``self(params_t, x[t])``. Algorithms use it to run a
+        meta-batch as one computation (see ``MAML``); only models with
+        ``task_batched = True`` implement it.
+
+        >>> model = MLP([1, 40, 1]); p = model.init(0)                             # doctest: +SKIP
+        >>> stacked = {k: ops.broadcast_to(ops.asarray(v), (4,) + v.shape) for k, v in p.items()}  # doctest: +SKIP
+        >>> model.apply_tasks(stacked, x)          # x: [4, n, 1] -> [4, n, 1]      # doctest: +SKIP
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not run several parameter sets at once")
+
 
 def dense(params: Params, name: str, x):
     """``x @ params[name.kernel] + params[name.bias]`` (kernel is ``[in, out]``)."""
     return ops.matmul(x, params[f"{name}.kernel"]) + params[f"{name}.bias"]
 
 
+def dense_tasks(params: Params, name: str, x):
+    """:func:`dense` for ``T`` parameter sets: ``x`` ``[T, n, in]``, kernel
+    ``[T, in, out]``, bias ``[T, out]`` give ``[T, n, out]`` (one batched matmul)."""
+    bias = params[f"{name}.bias"]
+    t, out = ops.shape(bias)
+    return ops.matmul(x, params[f"{name}.kernel"]) + ops.reshape(bias, (t, 1, out))
+
+
 def conv(params: Params, name: str, x, stride=1, padding="same"):
     """Conv2d (NHWC, HWIO kernel) plus bias."""
-    return ops.conv2d(x, params[f"{name}.kernel"], stride=stride, padding=padding) + params[f"{name}.bias"]
+    return ops.conv2d(x, params[f"{name}.kernel"], stride=stride, padding=padding, bias=params[f"{name}.bias"])
 
 
 def batch_norm(params: Params, name: str, x, state: dict | None, training: bool,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from metabridge import ops
-from metabridge.nn.base import Model, dense
+from metabridge.nn.base import Model, dense, dense_tasks
 
 _ACTIVATIONS = {"relu": ops.relu, "tanh": ops.tanh, "sigmoid": ops.sigmoid}
 
@@ -54,3 +54,24 @@ class MLP(Model):
 
     def _forward(self, params, x, state, training):
         return self.head(params, self.features(params, x)), {}
+
+    task_batched = True
+
+    def apply_tasks(self, params: dict, x):
+        """The MLP for ``T`` parameter sets at once (see :meth:`Model.apply_tasks`):
+        ``[T, n, sizes[0]] -> [T, n, sizes[-1]]``, batched matrix products.
+
+        >>> stacked = {k: ops.broadcast_to(ops.asarray(v), (4,) + v.shape) for k, v in p.items()}  # doctest: +SKIP
+        >>> model.apply_tasks(stacked, x).shape     # x: [4, n, 1]                 # doctest: +SKIP
+        (4, n, 1)
+        """
+        act = _ACTIVATIONS[self.activation]
+        x = ops.asarray(x)
+        got = tuple(ops.shape(x))
+        if len(got) != 3 or got[2] != self.sizes[0]:
+            raise ValueError(f"Expected x of shape (tasks, batch, {self.sizes[0]}) for MLP.apply_tasks. "
+                             f"Received: x.shape={got}")
+        last = len(self.sizes) - 1
+        for i in range(1, last):
+            x = act(dense_tasks(params, f"dense{i}", x))
+        return dense_tasks(params, f"dense{last}", x)

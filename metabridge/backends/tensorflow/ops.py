@@ -141,7 +141,7 @@ def _tf_same_pads(n: int, k: int, s: int) -> tuple[int, int]:
     return (total // 2, total - total // 2)
 
 
-def conv2d(x, kernel, stride: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]]):
+def conv2d(x, kernel, stride: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]], bias=None):
     (top, bottom), (left, right) = pads
     if top == bottom == left == right == 0:
         padding = "VALID"
@@ -150,7 +150,8 @@ def conv2d(x, kernel, stride: tuple[int, int], pads: tuple[tuple[int, int], tupl
         padding = "SAME"  # same pads, but TF's fast path (explicit lists are slower)
     else:
         padding = [[0, 0], [top, bottom], [left, right], [0, 0]]
-    return tf.nn.conv2d(x, kernel, strides=[1, stride[0], stride[1], 1], padding=padding)
+    y = tf.nn.conv2d(x, kernel, strides=[1, stride[0], stride[1], 1], padding=padding)
+    return y if bias is None else tf.nn.bias_add(y, bias)
 
 
 def max_pool2d(x, size: tuple[int, int], stride: tuple[int, int], pads):
@@ -271,6 +272,10 @@ def take_along_last(x, indices):
 
 def gather(x, indices, axis=0):
     return tf.gather(x, tf.cast(indices, tf.int64), axis=axis)
+
+
+def broadcast_to(x, shape):
+    return tf.broadcast_to(x, shape)
 
 
 def concat(xs, axis=0):
