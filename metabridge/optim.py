@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
+
 from metabridge import ops
 
 
@@ -81,16 +83,23 @@ class SGD:
             state.update({f"momentum.{k}": ops.zeros_like(ops.asarray(v)) for k, v in params.items()})
         return state
 
-    def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
-        _check_same_keys(params, grads)
-        new_params, new_state = {}, {"step": state["step"] + 1}
+    def scalars(self, step: int) -> dict:
+        """The step-dependent numbers of update ``step`` (0-based)."""
+        return {"lr": _lr_at(self.lr, step)}
+
+    def apply(self, params: dict, grads: dict, slots: dict, scalars: dict) -> tuple[dict, dict]:
+        """One update with ``scalars`` given: ``(new params, new slots)``; tensors only, so it compiles."""
+        new_params, new_slots = {}, {}
         for k, p in params.items():
             p, step = ops.asarray(p), ops.asarray(grads[k])
             if self.momentum:
-                step = state[f"momentum.{k}"] * self.momentum + step
-                new_state[f"momentum.{k}"] = step
-            new_params[k] = p - _lr_at(self.lr, state["step"]) * step
-        return new_params, new_state
+                step = slots[f"momentum.{k}"] * self.momentum + step
+                new_slots[f"momentum.{k}"] = step
+            new_params[k] = p - scalars["lr"] * step
+        return new_params, new_slots
+
+    def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
+        return _update(self, params, grads, state)
 
 
 class Adam:
@@ -115,19 +124,76 @@ class Adam:
             state[f"m.{k}"], state[f"v.{k}"] = z, z
         return state
 
-    def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
-        _check_same_keys(params, grads)
-        t = state["step"] + 1
-        c1, c2 = 1.0 - self.beta1 ** t, 1.0 - self.beta2 ** t
-        new_params, new_state = {}, {"step": t}
-        lr = _lr_at(self.lr, state["step"])
+    def scalars(self, step: int) -> dict:
+        """The step-dependent numbers of update ``step`` (0-based): rate and bias corrections."""
+        t = step + 1
+        return {"lr": _lr_at(self.lr, step), "c1": 1.0 - self.beta1 ** t, "c2": 1.0 - self.beta2 ** t}
+
+    def apply(self, params: dict, grads: dict, slots: dict, scalars: dict) -> tuple[dict, dict]:
+        """One update with ``scalars`` given: ``(new params, new slots)``; tensors only, so it compiles."""
+        new_params, new_slots = {}, {}
+        lr, c1, c2 = scalars["lr"], scalars["c1"], scalars["c2"]
         for k, p in params.items():
             p, g = ops.asarray(p), ops.asarray(grads[k])
-            m = state[f"m.{k}"] * self.beta1 + g * (1.0 - self.beta1)
-            v = state[f"v.{k}"] * self.beta2 + ops.square(g) * (1.0 - self.beta2)
-            new_state[f"m.{k}"], new_state[f"v.{k}"] = m, v
+            m = slots[f"m.{k}"] * self.beta1 + g * (1.0 - self.beta1)
+            v = slots[f"v.{k}"] * self.beta2 + ops.square(g) * (1.0 - self.beta2)
+            new_slots[f"m.{k}"], new_slots[f"v.{k}"] = m, v
             new_params[k] = p - lr * (m / c1) / (ops.sqrt(v / c2) + self.eps)
-        return new_params, new_state
+        return new_params, new_slots
+
+    def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
+        return _update(self, params, grads, state)
+
+
+def _update(opt, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
+    """``opt.update`` from ``opt.scalars`` and ``opt.apply`` (eager)."""
+    _check_same_keys(params, grads)
+    slots = {k: v for k, v in state.items() if k != "step"}
+    new_params, new_slots = opt.apply(params, grads, slots, opt.scalars(state["step"]))
+    return new_params, {"step": state["step"] + 1, **new_slots}
+
+
+class CompiledUpdate:
+    """``opt.update`` and a check that the new parameters and slots are finite,
+    as one compiled function where the backend compiles (``tf.function`` on
+    TensorFlow, where each eager op costs tens of microseconds: an eager Adam
+    step and check over a small MLP took 11 ms, as long as its meta-gradient).
+    The step-dependent numbers (``opt.scalars``) enter as scalar tensors of the
+    parameters' dtype, which is how eager mode rounds Python floats too, so the
+    result equals ``opt.update``. Eagerly (torch) it is ``opt.update`` plus the check.
+
+    >>> step = CompiledUpdate(Adam(1e-3))
+    >>> params, state, finite = step(params, grads, state)     # doctest: +SKIP
+    """
+
+    def __init__(self, opt, compiled: bool = True):
+        self.opt = opt
+        self._eager = self._apply
+        self._fn = ops.compile_function(self._apply) if compiled else self._apply
+        # A backend without a compiler hands the function back: it then takes Python floats.
+        self._tensor_scalars = self._fn is not self._eager
+
+    def _apply(self, params: dict, grads: dict, slots: dict, scalars: dict):
+        new_params, new_slots = self.opt.apply(params, grads, slots, scalars)
+        # sum(t * 0) is 0 exactly when t is finite, and NaN otherwise (it cannot overflow).
+        probe = None
+        for t in list(new_params.values()) + list(new_slots.values()):
+            term = ops.sum(t * 0.0)
+            probe = term if probe is None else probe + term
+        return new_params, new_slots, probe
+
+    def __call__(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict, bool]:
+        """``(new params, new state, all finite)``."""
+        _check_same_keys(params, grads)
+        step = state["step"]
+        slots = {k: v for k, v in state.items() if k != "step"}
+        scalars = self.opt.scalars(step)
+        if self._tensor_scalars:
+            dtype = ops.dtype_name(ops.asarray(next(iter(params.values()))))
+            scalars = {k: ops.asarray(np.asarray(v, dtype=dtype)) for k, v in scalars.items()}
+        new_params, new_slots, probe = self._fn(params, grads, slots, scalars)
+        finite = math.isfinite(float(ops.to_numpy(probe)))
+        return new_params, {"step": step + 1, **new_slots}, finite
 
 
 def make_optimizer(name: str, lr: float) -> SGD | Adam:

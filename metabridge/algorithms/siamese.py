@@ -360,22 +360,35 @@ class KochSGD:
         state.update({f"momentum.{k}": ops.zeros_like(ops.asarray(v)) for k, v in params.items()})
         return state
 
-    def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
-        if set(params) != set(grads):
-            raise ValueError(f"Expected grads with the keys of params. Received: differing keys "
-                             f"{sorted(set(params) ^ set(grads))}")
-        t = state["step"]
-        lr = self.lr(t) if callable(self.lr) else self.lr
-        new_params, new_state = {}, {"step": t + 1}
+    def scalars(self, step: int) -> dict:
+        """The step-dependent numbers of update ``step`` (0-based): the base rate and
+        each layer's momentum."""
+        out = {"lr": self.lr(step) if callable(self.lr) else self.lr}
+        out.update({f"mu.{layer}": self.momentum_at(f"{layer}.", step) for layer in self.momentum})
+        return out
+
+    def apply(self, params: dict, grads: dict, slots: dict, scalars: dict) -> tuple[dict, dict]:
+        """One update with ``scalars`` given: ``(new params, new slots)``; tensors only, so it compiles."""
+        new_params, new_slots = {}, {}
         for k, p in params.items():
             p, g = ops.asarray(p), ops.asarray(grads[k])
             l2 = self._of(self.l2, k)
             if l2:
                 g = g + p * l2
-            buf = state[f"momentum.{k}"] * self.momentum_at(k, t) + g
-            new_state[f"momentum.{k}"] = buf
-            new_params[k] = p - (lr * self._of(self.layer_lr, k)) * buf
-        return new_params, new_state
+            layer = k.split(".", 1)[0]
+            mu = scalars[f"mu.{layer}"] if layer in self.momentum else scalars["mu.*"]
+            buf = slots[f"momentum.{k}"] * mu + g
+            new_slots[f"momentum.{k}"] = buf
+            new_params[k] = p - (scalars["lr"] * self._of(self.layer_lr, k)) * buf
+        return new_params, new_slots
+
+    def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
+        if set(params) != set(grads):
+            raise ValueError(f"Expected grads with the keys of params. Received: differing keys "
+                             f"{sorted(set(params) ^ set(grads))}")
+        slots = {k: v for k, v in state.items() if k != "step"}
+        new_params, new_slots = self.apply(params, grads, slots, self.scalars(state["step"]))
+        return new_params, {"step": state["step"] + 1, **new_slots}
 
 
 def _positive(name: str, value) -> float:

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from metabridge.data.counter_rng import counter_uniforms
 from metabridge.data.episodes import Episode, TaskBatch, _check_int
 
 
 class SinusoidTasks:
     """``y = A sin(x - φ)`` with ``A ~ U[0.1, 5]``, ``φ ~ U[0, π]``, ``x ~ U[-5, 5]``.
 
-    Task ``i`` is a pure function of ``(seed, i)``. ``shots`` support and
-    ``queries`` query points per task, shaped ``[n, 1]``.
+    Task ``i`` is a pure function of ``(seed, i)`` (counter-based numbers, see
+    :mod:`~metabridge.data.counter_rng`: a meta-batch is drawn in one vectorised
+    call). ``shots`` support and ``queries`` query points per task, shaped ``[n, 1]``.
 
     >>> tasks = SinusoidTasks(shots=10, queries=10, seed=0)
     >>> ep = tasks.episode(0)
@@ -28,21 +30,28 @@ class SinusoidTasks:
         self.seed = _check_int("seed", seed, 0)
         self.dtype = dtype
 
+    def _draw(self, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Amplitudes ``[T]``, phases ``[T]`` and inputs ``[T, shots + queries]`` of tasks ``indices``."""
+        u = counter_uniforms(self.seed, indices, 2 + self.shots + self.queries)
+        (a0, a1), (p0, p1), (x0, x1) = self.amplitude_range, self.phase_range, self.x_range
+        return a0 + (a1 - a0) * u[:, 0], p0 + (p1 - p0) * u[:, 1], x0 + (x1 - x0) * u[:, 2:]
+
     def task_parameters(self, index: int) -> tuple[float, float]:
         """The ``(amplitude, phase)`` of task ``index``."""
-        rng = np.random.default_rng([self.seed, _check_int("index", index, 0)])
-        return float(rng.uniform(*self.amplitude_range)), float(rng.uniform(*self.phase_range))
+        amp, phase, _ = self._draw([_check_int("index", index, 0)])
+        return float(amp[0]), float(phase[0])
+
+    def _tasks(self, indices) -> tuple[np.ndarray, ...]:
+        amp, phase, x = self._draw(indices)
+        y = amp[:, None] * np.sin(x - phase[:, None])
+        x, y = x[..., None].astype(self.dtype), y[..., None].astype(self.dtype)
+        k = self.shots
+        return x[:, :k], y[:, :k], x[:, k:], y[:, k:]
 
     def episode(self, index: int) -> Episode:
-        rng = np.random.default_rng([self.seed, _check_int("index", index, 0)])
-        amp, phase = rng.uniform(*self.amplitude_range), rng.uniform(*self.phase_range)
-        x = rng.uniform(*self.x_range, size=(self.shots + self.queries, 1))
-        y = amp * np.sin(x - phase)
-        x, y = x.astype(self.dtype), y.astype(self.dtype)
-        k = self.shots
-        return Episode(x[:k], y[:k], x[k:], y[k:])
+        return Episode(*(a[0] for a in self._tasks([_check_int("index", index, 0)])))
 
     def batch(self, step: int, meta_batch: int) -> TaskBatch:
         meta_batch = _check_int("meta_batch", meta_batch, 1)
         start = _check_int("step", step, 0) * meta_batch
-        return TaskBatch.stack([self.episode(start + j) for j in range(meta_batch)])
+        return TaskBatch(*self._tasks(np.arange(start, start + meta_batch)))

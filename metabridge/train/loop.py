@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from metabridge import config, ops
+from metabridge.optim import CompiledUpdate
 from metabridge.train import distributed
 from metabridge.utils.progress import progress
 from metabridge.train.checkpoint import (
@@ -58,6 +59,18 @@ def _all_finite(tensors: dict) -> bool:
     """True when no tensor holds a NaN or inf (``sum(t * 0)`` is 0 exactly then, and cannot overflow)."""
     total = sum(ops.sum(t * 0.0) for t in tensors.values())
     return math.isfinite(float(ops.to_numpy(total)))
+
+
+class _EagerUpdate:
+    """An optimizer with only ``update`` (a user's own): the update, then the finiteness check."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def __call__(self, params: dict, grads: dict, state: dict):
+        new_params, new_state = self.opt.update(params, grads, state)
+        return new_params, new_state, _all_finite({**new_params, **{k: v for k, v in new_state.items()
+                                                                    if k != "step"}})
 
 
 def _checkpoint_tensors(params: dict, opt_state: dict) -> dict:
@@ -259,6 +272,7 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
             losses = [r["loss"] for r in kept if "loss" in r]
             monitor = "val_" if setup.sources.val is not None else "monitor_"
             bar = progress(range(start, c.steps), c.steps - start, f"{c.algo}/{c.dataset} [{name}]", quiet)
+            update = CompiledUpdate(opt, compiled=c.compiled) if hasattr(opt, "apply") else _EagerUpdate(opt)
             t0, pending, postfix = time.perf_counter(), [], {}
             for step in bar:
                 loss, direction = setup.loss_and_grad(params, step, share)
@@ -266,8 +280,8 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                     loss, direction = workers.mean(loss, direction, step)
                 value = float(loss) if isinstance(loss, (int, float)) else float(ops.to_numpy(loss))
                 bad = None if math.isfinite(value) else f"meta-loss {value}"
-                new_params, new_state = opt.update(params, direction, state) if bad is None else (None, None)
-                if bad is None and not _all_finite({**new_params, **{k: v for k, v in new_state.items() if k != "step"}}):
+                new_params, new_state, finite = update(params, direction, state) if bad is None else (None, None, True)
+                if not finite:
                     bad = f"parameters or optimizer state after the update (meta-loss {value:.6g})"
                 if bad is not None:
                     if run is not None:

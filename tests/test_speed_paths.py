@@ -1,0 +1,174 @@
+"""The fast paths of issue #10 compute what the plain paths compute.
+
+* a meta-batch run as one batched computation (``MAML.batched_task_loss``,
+  ``MLP.apply_tasks``) against the task-by-task loop, float64 1e-12, on every
+  MAML-family algorithm that takes it, and across backends;
+* the compiled optimizer step (``optim.CompiledUpdate``) against ``opt.update``;
+* counter-based sinusoid tasks: pure in ``(seed, index)``, a batch equal to its
+  episodes, uniform numbers that look uniform.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import rel_diff
+
+import metabridge as mb
+from metabridge import ops, optim
+from metabridge.algorithms import ANIL, MAML, MetaSGD
+from metabridge.algorithms.common import CompiledFunctions
+from metabridge.algorithms.siamese import KochSGD
+from metabridge.data import SinusoidTasks, TaskBatch
+from metabridge.data.counter_rng import counter_uniforms
+from metabridge.nn import MLP
+
+
+def _numpy(d: dict) -> dict:
+    return {k: np.array(ops.to_numpy(v)) for k, v in d.items()}
+
+
+def _classification_batch(tasks: int, ways: int, shots: int, features: int, seed: int) -> TaskBatch:
+    rng = np.random.default_rng(seed)
+    labels = np.tile(np.repeat(np.arange(ways), shots), (tasks, 1))
+    return TaskBatch(rng.normal(size=(tasks, ways * shots, features)), labels,
+                     rng.normal(size=(tasks, ways * shots, features)), labels)
+
+
+def _both_paths(alg, params, batch):
+    """``(batched, loop)`` meta-loss and meta-gradient of ``alg`` on ``batch``."""
+    assert alg.tasks_batched()
+    batched = alg.meta_value_and_grad(params, batch)
+    alg.tasks_batched = lambda: False  # the task-by-task loop, as for models without apply_tasks
+    alg._compiled = CompiledFunctions()  # not the function traced on the batched path
+    loop = alg.meta_value_and_grad(params, batch)
+    return batched, loop
+
+
+@pytest.mark.parametrize("cls", [MAML, MetaSGD])
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_batched_meta_batch_equals_the_task_loop_regression(backend, float64, cls, first_order, compiled):
+    alg = cls(MLP([1, 40, 40, 1]), inner_lr=0.01, inner_steps=2, first_order=first_order, loss="mse",
+              compiled=compiled)
+    params = alg.init(0) if cls is MetaSGD else alg.model.init(0)
+    batch = SinusoidTasks(shots=10, queries=10, seed=1, dtype="float64").batch(0, 25)
+    (lb, gb), (ll, gl) = _both_paths(alg, params, batch)
+    assert abs(float(ops.to_numpy(lb)) - float(ops.to_numpy(ll))) < 1e-12 * abs(float(ops.to_numpy(ll)))
+    gb, gl = _numpy(gb), _numpy(gl)
+    assert list(gb) == list(gl)
+    for k in gl:
+        assert rel_diff(gb[k], gl[k]) < 1e-12, k
+
+
+def test_batched_meta_batch_equals_the_task_loop_classification(backend, float64):
+    alg = MAML(MLP([6, 16, 3], activation="tanh"), inner_lr=0.3, inner_steps=1)
+    params = alg.model.init(3)
+    (lb, gb), (ll, gl) = _both_paths(alg, params, _classification_batch(5, 3, 2, 6, seed=0))
+    assert abs(float(ops.to_numpy(lb)) - float(ops.to_numpy(ll))) < 1e-12
+    for k, v in _numpy(gl).items():
+        assert rel_diff(_numpy(gb)[k], v) < 1e-12, k
+
+
+def test_anil_and_custom_losses_keep_the_task_loop(backend):
+    assert not ANIL(MLP([1, 8, 1]), inner_lr=0.1, loss="mse").tasks_batched()
+    assert not MAML(MLP([1, 8, 1]), inner_lr=0.1, loss=lambda p, y: ops.sum(ops.square(p - y))).tasks_batched()
+    assert MAML(MLP([1, 8, 1]), inner_lr=0.1, loss="mse").tasks_batched()
+
+
+def test_batched_path_parity_between_backends(float64, both_backends):
+    batch = SinusoidTasks(shots=5, queries=5, seed=0, dtype="float64").batch(2, 8)
+    out = {}
+    for name in both_backends:
+        mb.set_backend(name)
+        alg = MAML(MLP([1, 20, 20, 1]), inner_lr=0.01, inner_steps=2, loss="mse", compiled=True)
+        loss, grads = alg.meta_value_and_grad(alg.model.init(0), batch)
+        out[name] = float(ops.to_numpy(loss)), _numpy(grads)
+    assert abs(out["torch"][0] - out["tensorflow"][0]) < 1e-12 * out["torch"][0]
+    for k, v in out["torch"][1].items():
+        assert rel_diff(v, out["tensorflow"][1][k]) < 1e-12, k
+
+
+def test_apply_tasks_rows_are_the_model_on_each_parameter_set(backend, float64):
+    model = MLP([3, 7, 2], activation="tanh")
+    sets = [model.init(seed) for seed in range(4)]
+    stacked = {k: ops.asarray(np.stack([p[k] for p in sets])) for k in sets[0]}
+    x = np.random.default_rng(0).normal(size=(4, 5, 3))
+    out = ops.to_numpy(model.apply_tasks(stacked, x))
+    for t, p in enumerate(sets):
+        np.testing.assert_allclose(out[t], ops.to_numpy(model(p, x[t])), rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match=r"Expected x of shape \(tasks, batch, 3\).*Received: x.shape=\(4, 3\)"):
+        model.apply_tasks(stacked, x[:, 0])
+
+
+# ---- the compiled optimizer step ---------------------------------------------------------------------
+def _state_numpy(state: dict) -> dict:
+    return {k: (v if k == "step" else np.array(ops.to_numpy(v))) for k, v in state.items()}
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optim.Adam(1e-2),
+    lambda: optim.Adam(optim.StepDecay(1e-2, every=2, factor=0.5)),
+    lambda: optim.SGD(0.1, momentum=0.9),
+    lambda: KochSGD(0.01, layer_lr={"dense1": 2.0, "*": 1.0}, momentum={"dense2": 0.8, "*": 0.95},
+                    momentum_steps=3, l2={"*": 1e-3}),
+], ids=["adam", "adam-step-decay", "sgd-momentum", "koch-sgd"])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_compiled_update_equals_eager_update(backend, make, precision):
+    mb.set_floatx(precision)
+    try:
+        rng = np.random.default_rng(0)
+        params = MLP([3, 4, 2]).init(0)
+        opt = make()
+        state_e = opt.init({k: ops.asarray(v) for k, v in params.items()})
+        state_c = dict(state_e)
+        pe = pc = {k: ops.asarray(v) for k, v in params.items()}
+        step = optim.CompiledUpdate(opt, compiled=True)
+        for _ in range(5):
+            grads = {k: ops.asarray(rng.normal(size=v.shape).astype(precision)) for k, v in params.items()}
+            pe, state_e = opt.update(pe, grads, state_e)
+            pc, state_c, finite = step(pc, grads, state_c)
+            assert finite
+        assert list(state_c) == list(state_e) and state_c["step"] == state_e["step"] == 5
+        for k, v in _numpy(pe).items():  # same ops, same rounding: bit for bit
+            np.testing.assert_array_equal(_numpy(pc)[k], v)
+        for k, v in _state_numpy(state_e).items():
+            np.testing.assert_array_equal(_state_numpy(state_c)[k], v)
+    finally:
+        mb.set_floatx("float32")
+
+
+def test_compiled_update_reports_non_finite_values(backend):
+    params = {"w": ops.asarray(np.ones(3, dtype=np.float32))}
+    opt = optim.SGD(1.0)
+    step = optim.CompiledUpdate(opt)
+    _, _, finite = step(params, {"w": ops.asarray(np.array([0.0, np.inf, 0.0], dtype=np.float32))},
+                        opt.init(params))
+    assert not finite
+    _, _, finite = step(params, {"w": ops.asarray(np.zeros(3, dtype=np.float32))}, opt.init(params))
+    assert finite
+    with pytest.raises(ValueError, match="Expected grads with the keys of params"):
+        step(params, {"v": params["w"]}, opt.init(params))
+
+
+# ---- counter-based sinusoid tasks --------------------------------------------------------------------
+def test_counter_uniforms_are_pure_and_uniform():
+    u = counter_uniforms(7, np.arange(20000), 8)
+    assert u.shape == (20000, 8) and u.dtype == np.float64
+    assert u.min() >= 0.0 and u.max() < 1.0
+    np.testing.assert_array_equal(counter_uniforms(7, [12345], 8)[0], u[12345])
+    assert not np.array_equal(counter_uniforms(8, [12345], 8)[0], u[12345])
+    # Moments and neighbours of 160,000 numbers: mean 1/2, variance 1/12, no correlation.
+    assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
+    for a, b in ((u[:, 0], u[:, 1]), (u[:-1, 0], u[1:, 0])):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.03
+    counts = np.histogram(u, bins=10, range=(0, 1))[0]
+    assert counts.min() > 0.95 * u.size / 10 and counts.max() < 1.05 * u.size / 10
+
+
+def test_sinusoid_batch_is_its_episodes():
+    tasks = SinusoidTasks(shots=4, queries=6, seed=3, dtype="float64")
+    batch = tasks.batch(5, 7)
+    for j in range(7):
+        ep = tasks.episode(5 * 7 + j)
+        for name in ("support_x", "support_y", "query_x", "query_y"):
+            np.testing.assert_array_equal(getattr(batch, name)[j], getattr(ep, name))
