@@ -172,3 +172,25 @@ def test_sinusoid_batch_is_its_episodes():
         ep = tasks.episode(5 * 7 + j)
         for name in ("support_x", "support_y", "query_x", "query_y"):
             np.testing.assert_array_equal(getattr(batch, name)[j], getattr(ep, name))
+
+
+def test_fused_train_step_equals_gradient_then_update(backend, float64):
+    """``CompiledUpdate.fused`` (meta-gradient and Adam in one compiled function)
+    against ``meta_value_and_grad`` + ``opt.update``."""
+    alg = MAML(MLP([1, 20, 20, 1]), inner_lr=0.01, loss="mse", compiled=True)
+    tasks = SinusoidTasks(shots=5, queries=5, seed=0, dtype="float64")
+    opt = optim.Adam(1e-2)
+    step = optim.CompiledUpdate(opt, compiled=True)
+    p_ref = p_fused = {k: ops.asarray(v) for k, v in alg.model.init(0).items()}
+    s_ref = s_fused = opt.init(p_ref)
+    for i in range(4):
+        batch = tasks.batch(i, 6)
+        loss_ref, grads = alg.meta_value_and_grad(p_ref, batch)
+        p_ref, s_ref = opt.update(p_ref, grads, s_ref)
+        grad_fn, args = alg.meta_gradient_function(batch)
+        loss, p_fused, s_fused, finite = step.fused(grad_fn, args, p_fused, s_fused)
+        assert finite
+        assert abs(float(ops.to_numpy(loss)) - float(ops.to_numpy(loss_ref))) < 1e-12 * float(ops.to_numpy(loss_ref))
+    assert s_fused["step"] == s_ref["step"] == 4
+    for k, v in _numpy(p_ref).items():
+        assert rel_diff(_numpy(p_fused)[k], v) < 1e-12, k

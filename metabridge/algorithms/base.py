@@ -62,6 +62,14 @@ class Algorithm(abc.ABC):
         the keys of ``params`` (the meta-gradient, or the step a Reptile-like
         method takes, negated, for :meth:`outer_optimizer` to apply)."""
 
+    def meta_gradient_function(self, batch):
+        """``(fn, args)`` such that ``fn(params, *args)`` is
+        ``meta_value_and_grad(params, batch)`` written in tensors only, so the
+        training loop can compile it together with the optimizer step
+        (``optim.CompiledUpdate.fused``). ``None`` (the default) when there is
+        no such form; the loop then calls :meth:`meta_value_and_grad`."""
+        return None
+
     @abc.abstractmethod
     def predict_episode(self, params: dict, episode: Episode, steps: int | None = None):
         """``[queries, outputs]`` predictions (logits, or regression outputs) for

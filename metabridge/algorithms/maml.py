@@ -176,6 +176,14 @@ class MAML(Algorithm):
             return self._meta_value_and_grad(params, *args)
         return self._compiled.get(lambda: self._meta_value_and_grad)(params, *args)
 
+    def meta_gradient_function(self, batch):
+        """``(self._meta_value_and_grad, batch tensors)`` for a :class:`TaskBatch`
+        (see :meth:`Algorithm.meta_gradient_function`)."""
+        if not isinstance(batch, TaskBatch):
+            return None
+        check_batch(batch, self.model, self.loss_name)
+        return self._meta_value_and_grad, batch_tensors(batch)
+
     def _episode_ways(self, episodes) -> list[int]:
         check_episodes(episodes)
         outputs = getattr(self.model, "out_features", None) or getattr(self.model, "sizes", [None])[-1]

@@ -259,6 +259,18 @@ class Experiment:
         part of it, of ``share[1]``) for the outer optimizer."""
         return self.algorithm.meta_value_and_grad(params, self.train_batch(step, share))
 
+    def train_step(self, params: dict, state: dict, step: int, update):
+        """One training step on one process: ``(loss, new params, new state, all
+        finite)`` for batch ``step``, the meta-gradient and the optimizer step
+        ``update`` (an ``optim.CompiledUpdate``) compiled together where the
+        algorithm allows (:meth:`Algorithm.meta_gradient_function`)."""
+        batch = self.train_batch(step)
+        fused = self.algorithm.meta_gradient_function(batch) if hasattr(update, "fused") else None
+        if fused is None:
+            loss, direction = self.algorithm.meta_value_and_grad(params, batch)
+            return (loss, *update(params, direction, state))
+        return update.fused(*fused, params, state)
+
     def _flat(self, batch: TaskBatch) -> TaskBatch:
         """``batch`` with examples flattened when the model takes flat vectors."""
         if not self.flatten:

@@ -68,7 +68,7 @@ class _EagerUpdate:
         self.opt = opt
 
     def __call__(self, params: dict, grads: dict, state: dict):
-        new_params, new_state = self.opt.update(params, grads, state)
+        new_params, new_state = self.opt.update(params, grads, state)  # no fused form: train_step calls this
         return new_params, new_state, _all_finite({**new_params, **{k: v for k, v in new_state.items()
                                                                     if k != "step"}})
 
@@ -275,13 +275,16 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
             update = CompiledUpdate(opt, compiled=c.compiled) if hasattr(opt, "apply") else _EagerUpdate(opt)
             t0, pending, postfix = time.perf_counter(), [], {}
             for step in bar:
-                loss, direction = setup.loss_and_grad(params, step, share)
-                if workers is not None:
+                if workers is None:  # the update is computed with the gradient, and used only if all is finite
+                    loss, new_params, new_state, finite = setup.train_step(params, state, step, update)
+                else:
+                    loss, direction = setup.loss_and_grad(params, step, share)
                     loss, direction = workers.mean(loss, direction, step)
                 value = float(loss) if isinstance(loss, (int, float)) else float(ops.to_numpy(loss))
                 bad = None if math.isfinite(value) else f"meta-loss {value}"
-                new_params, new_state, finite = update(params, direction, state) if bad is None else (None, None, True)
-                if not finite:
+                if workers is not None and bad is None:
+                    new_params, new_state, finite = update(params, direction, state)
+                if bad is None and not finite:
                     bad = f"parameters or optimizer state after the update (meta-loss {value:.6g})"
                 if bad is not None:
                     if run is not None:
