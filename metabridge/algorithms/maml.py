@@ -161,8 +161,10 @@ class MAML(Algorithm):
     def meta_value_and_grad(self, params: dict, batch: TaskBatch | list):
         """``(mean query loss, meta-gradient)`` over a meta-batch.
 
-        Per-task meta-gradients are accumulated one task at a time (memory for
-        one task's graph; one traced loop body on the compiled path). ``batch``
+        Models with ``apply_tasks`` (MLPs) run the whole meta-batch as one batched
+        computation (:meth:`tasks_batched`); otherwise per-task meta-gradients are
+        accumulated one task at a time (memory for one task's graph; one traced
+        loop body on the compiled path). ``batch``
         may also be a list of :class:`~metabridge.data.Episode` with different
         ways and shots (``VariableEpisodeSampler``): an episode of ``w`` ways uses
         the first ``w`` outputs of a head sized for the largest (eager).
