@@ -68,7 +68,7 @@ class _EagerUpdate:
         self.opt = opt
 
     def __call__(self, params: dict, grads: dict, state: dict):
-        new_params, new_state = self.opt.update(params, grads, state)  # no fused form: train_step calls this
+        new_params, new_state = self.opt.update(params, grads, state)
         return new_params, new_state, _all_finite({**new_params, **{k: v for k, v in new_state.items()
                                                                     if k != "step"}})
 
