@@ -99,7 +99,7 @@ class SGD:
         return new_params, new_slots
 
     def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
-        return _update(self, params, grads, state)
+        return update_via_apply(self, params, grads, state)
 
 
 class Adam:
@@ -142,15 +142,32 @@ class Adam:
         return new_params, new_slots
 
     def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
-        return _update(self, params, grads, state)
+        return update_via_apply(self, params, grads, state)
 
 
-def _update(opt, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
-    """``opt.update`` from ``opt.scalars`` and ``opt.apply`` (eager)."""
+def _slots(state: dict) -> dict:
+    """An optimizer state's tensors (everything but the update count ``"step"``)."""
+    return {k: v for k, v in state.items() if k != "step"}
+
+
+def update_via_apply(opt, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
+    """``opt.update`` for an optimizer written as ``scalars(step)`` + ``apply(...)`` (eager).
+
+    >>> params, state = update_via_apply(Adam(1e-3), params, grads, state)   # doctest: +SKIP
+    """
     _check_same_keys(params, grads)
-    slots = {k: v for k, v in state.items() if k != "step"}
-    new_params, new_slots = opt.apply(params, grads, slots, opt.scalars(state["step"]))
+    new_params, new_slots = opt.apply(params, grads, _slots(state), opt.scalars(state["step"]))
     return new_params, {"step": state["step"] + 1, **new_slots}
+
+
+def finite_probe(tensors):
+    """A scalar tensor that is 0 when every tensor in ``tensors`` is finite and NaN
+    otherwise: ``sum(t * 0)`` cannot overflow. One host sync reads it."""
+    probe = None
+    for t in tensors:
+        term = ops.sum(t * 0.0)
+        probe = term if probe is None else probe + term
+    return probe
 
 
 class CompiledUpdate:
@@ -168,20 +185,15 @@ class CompiledUpdate:
 
     def __init__(self, opt, compiled: bool = True):
         self.opt, self.compiled = opt, compiled
-        self._eager = self._apply
-        self._fn = ops.compile_function(self._apply) if compiled else self._apply
+        apply = self._apply
+        self._fn = ops.compile_function(apply) if compiled else apply
         # A backend without a compiler hands the function back: it then takes Python floats.
-        self._tensor_scalars = self._fn is not self._eager
+        self._tensor_scalars = self._fn is not apply
         self._fused: dict = {}
 
     def _apply(self, params: dict, grads: dict, slots: dict, scalars: dict):
         new_params, new_slots = self.opt.apply(params, grads, slots, scalars)
-        # sum(t * 0) is 0 exactly when t is finite, and NaN otherwise (it cannot overflow).
-        probe = None
-        for t in list(new_params.values()) + list(new_slots.values()):
-            term = ops.sum(t * 0.0)
-            probe = term if probe is None else probe + term
-        return new_params, new_slots, probe
+        return new_params, new_slots, finite_probe([*new_params.values(), *new_slots.values()])
 
     def _scalars(self, params: dict, step: int) -> dict:
         scalars = self.opt.scalars(step)
@@ -194,8 +206,7 @@ class CompiledUpdate:
         """``(new params, new state, all finite)``."""
         _check_same_keys(params, grads)
         step = state["step"]
-        slots = {k: v for k, v in state.items() if k != "step"}
-        new_params, new_slots, probe = self._fn(params, grads, slots, self._scalars(params, step))
+        new_params, new_slots, probe = self._fn(params, grads, _slots(state), self._scalars(params, step))
         finite = math.isfinite(float(ops.to_numpy(probe)))
         return new_params, {"step": step + 1, **new_slots}, finite
 
@@ -210,7 +221,7 @@ class CompiledUpdate:
         if not self.compiled or not self._tensor_scalars:
             loss, grads = grad_fn(params, *args)
             return (loss, *self(params, grads, state))
-        key = grad_fn
+        key = grad_fn  # a bound method: equal, and hashing the same, on every access
         if key not in self._fused:
             def train_step(params, slots, scalars, *args):
                 loss, grads = grad_fn(params, *args)
@@ -218,8 +229,8 @@ class CompiledUpdate:
 
             self._fused[key] = ops.compile_function(train_step)
         step = state["step"]
-        slots = {k: v for k, v in state.items() if k != "step"}
-        loss, new_params, new_slots, probe = self._fused[key](params, slots, self._scalars(params, step), *args)
+        loss, new_params, new_slots, probe = self._fused[key](params, _slots(state), self._scalars(params, step),
+                                                              *args)
         finite = math.isfinite(float(ops.to_numpy(probe)))
         return loss, new_params, {"step": step + 1, **new_slots}, finite
 

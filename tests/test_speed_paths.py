@@ -165,6 +165,23 @@ def test_counter_uniforms_are_pure_and_uniform():
     assert counts.min() > 0.95 * u.size / 10 and counts.max() < 1.05 * u.size / 10
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda: counter_uniforms(-1, [0], 3), r"Expected seed >= 0. Received: seed=-1"),
+    (lambda: counter_uniforms(0, [0], 0), r"Expected count >= 1. Received: count=0"),
+    (lambda: counter_uniforms(0, [2, -1], 3), r"Expected non-negative integer indices. Received: .* from -1 to 2"),
+    (lambda: counter_uniforms(0, [0.5], 3), r"Expected non-negative integer indices. Received: indices of dtype float64"),
+])
+def test_counter_uniforms_rejects_bad_input(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_dtype_name(backend):
+    assert ops.dtype_name(ops.asarray(np.zeros(2, dtype=np.float64), "float64")) == "float64"
+    assert ops.dtype_name(ops.asarray(np.zeros(2, dtype=np.float32), "float32")) == "float32"
+    assert ops.dtype_name(ops.asarray(np.arange(2))) == "int64"
+
+
 def test_sinusoid_batch_is_its_episodes():
     tasks = SinusoidTasks(shots=4, queries=6, seed=3, dtype="float64")
     batch = tasks.batch(5, 7)

@@ -171,17 +171,17 @@ class MAML(Algorithm):
         """
         if isinstance(batch, (list, tuple)):
             return self._episodes_value_and_grad(params, batch)
-        check_batch(batch, self.model, self.loss_name)
+        fn, args = self.meta_gradient_function(batch)
         params = {k: ops.asarray(v) for k, v in params.items()}
-        args = batch_tensors(batch)
         if not self.compiled:
-            return self._meta_value_and_grad(params, *args)
-        return self._compiled.get(lambda: self._meta_value_and_grad)(params, *args)
+            return fn(params, *args)
+        return self._compiled.get(lambda: fn)(params, *args)
 
     def meta_gradient_function(self, batch):
-        """``(self._meta_value_and_grad, batch tensors)`` for a :class:`TaskBatch`
-        (see :meth:`Algorithm.meta_gradient_function`)."""
-        if not isinstance(batch, TaskBatch):
+        """``(self._meta_value_and_grad, batch tensors)`` for a checked :class:`TaskBatch`
+        (see :meth:`Algorithm.meta_gradient_function`); ``None`` for a list of
+        episodes of different sizes, which run eagerly one by one."""
+        if isinstance(batch, (list, tuple)):
             return None
         check_batch(batch, self.model, self.loss_name)
         return self._meta_value_and_grad, batch_tensors(batch)

@@ -52,6 +52,7 @@ from metabridge.algorithms.base import Algorithm
 from metabridge.algorithms.common import l2_norm
 from metabridge.data.episodes import Episode, PairBatch, TaskBatch
 from metabridge.nn.base import Model
+from metabridge.optim import update_via_apply
 
 DISTANCES = ("l1", "l2", "cosine")
 SIAMESE_LOSSES = ("bce", "contrastive")
@@ -383,12 +384,7 @@ class KochSGD:
         return new_params, new_slots
 
     def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
-        if set(params) != set(grads):
-            raise ValueError(f"Expected grads with the keys of params. Received: differing keys "
-                             f"{sorted(set(params) ^ set(grads))}")
-        slots = {k: v for k, v in state.items() if k != "step"}
-        new_params, new_slots = self.apply(params, grads, slots, self.scalars(state["step"]))
-        return new_params, {"step": state["step"] + 1, **new_slots}
+        return update_via_apply(self, params, grads, state)
 
 
 def _positive(name: str, value) -> float:

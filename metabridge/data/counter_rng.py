@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from metabridge.data.episodes import _check_int
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -30,7 +32,12 @@ def counter_uniforms(seed: int, indices, count: int) -> np.ndarray:
     >>> u.shape, bool((counter_uniforms(0, [4], 5) == u[1]).all())
     ((2, 5), True)
     """
-    idx = np.asarray(indices, dtype=np.uint64).reshape(-1, 1)
+    seed, count = _check_int("seed", seed, 0), _check_int("count", count, 1)
+    raw = np.asarray(indices)
+    if raw.dtype.kind not in "iu" or (raw.size and raw.min() < 0):
+        raise ValueError(f"Expected non-negative integer indices. Received: indices of dtype {raw.dtype}"
+                         + (f" from {raw.min()} to {raw.max()}" if raw.size and raw.dtype.kind in "iuf" else ""))
+    idx = raw.astype(np.uint64).reshape(-1, 1)
     key = _mix(np.asarray([seed], dtype=np.uint64) * _GOLDEN + _GOLDEN)
     stream = _mix(key ^ _mix((idx + np.uint64(1)) * _GOLDEN))
     j = np.arange(1, count + 1, dtype=np.uint64).reshape(1, -1)

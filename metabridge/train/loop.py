@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from metabridge import config, ops
-from metabridge.optim import CompiledUpdate
+from metabridge.optim import CompiledUpdate, finite_probe
 from metabridge.train import distributed
 from metabridge.utils.progress import progress
 from metabridge.train.checkpoint import (
@@ -56,9 +56,8 @@ def check_compatible(setup_params: dict, saved: dict, where: str) -> None:
 
 
 def _all_finite(tensors: dict) -> bool:
-    """True when no tensor holds a NaN or inf (``sum(t * 0)`` is 0 exactly then, and cannot overflow)."""
-    total = sum(ops.sum(t * 0.0) for t in tensors.values())
-    return math.isfinite(float(ops.to_numpy(total)))
+    """True when no tensor holds a NaN or inf."""
+    return math.isfinite(float(ops.to_numpy(finite_probe(tensors.values()))))
 
 
 class _EagerUpdate:
