@@ -26,7 +26,8 @@ from metabridge.train import RunDir, RunOptions, evaluate_run, resume, run_exper
 from metabridge.train.baselines import compute_baselines
 from metabridge.train.experiment import Experiment
 from metabridge.train.config_file import RUN_KEYS, load_config_file, split_values
-from metabridge.train.experiment import ROTATIONS, SPLITS, ExperimentConfig, parity
+from metabridge.train.experiment import (ROTATIONS, SPLITS, TORCH_COMPILE_CHOICES, TORCH_COMPILE_MIN_STEPS,
+                                         ExperimentConfig, parity)
 from metabridge.train.export_run import EXTENSIONS, export_run
 from metabridge.train.plot import plot_runs
 from metabridge.train import distributed
@@ -66,6 +67,9 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--floatx", choices=config.FLOATX_CHOICES, default=S, help="default float32")
     p.add_argument("--eager", dest="compiled", action="store_const", const=False, default=S,
                    help="skip the compiled path (tf.function); in a file: compiled = false")
+    p.add_argument("--torch-compile", choices=TORCH_COMPILE_CHOICES, default=S,
+                   help="torch: compile the whole training step with torch.compile (20-40 s once; "
+                        f"auto: runs of >= {TORCH_COMPILE_MIN_STEPS:,} steps)")
     p.add_argument("--distance", choices=DISTANCES, default=S, help="Siamese pair distance")
     p.add_argument("--siamese-loss", choices=SIAMESE_LOSSES, default=S)
     p.add_argument("--siamese-head", choices=SIAMESE_HEADS, default=S,

@@ -26,6 +26,8 @@ _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _floatx = "float32"
 _context_floatx: contextvars.ContextVar[str | None] = contextvars.ContextVar("metabridge_floatx", default=None)
 _device = "cpu"
+# (backend, floatx) while a torch.compile'd function runs (see :func:`pinned`).
+_pinned: tuple[str, str] | None = None
 
 
 def canonical_backend_name(name: str) -> str:
@@ -55,6 +57,8 @@ def get_backend() -> str:
     >>> get_backend() in ("torch", "tensorflow")
     True
     """
+    if _pinned is not None:
+        return _pinned[0]
     ctx = _context_backend.get()
     if ctx is not None:
         return ctx
@@ -125,8 +129,32 @@ def use_floatx(dtype: str) -> Iterator[str]:
 
 def floatx() -> str:
     """The current float precision (``"float32"`` or ``"float64"``)."""
+    if _pinned is not None:
+        return _pinned[1]
     ctx = _context_floatx.get()
     return _floatx if ctx is None else ctx
+
+
+@contextlib.contextmanager
+def pinned() -> Iterator[tuple[str, str]]:
+    """Hold the current backend and float precision in plain module globals for
+    the block, for graph capture: ``torch.compile`` cannot read a ``ContextVar``
+    (Dynamo: "does not know how to trace method get of class ContextVar"), but
+    reads and guards globals. The pin is process-wide while the block runs
+    (compiled functions run one at a time); nested pins keep the outer one.
+
+    >>> with pinned() as (backend, dtype):     # doctest: +SKIP
+    ...     compiled_fn(params)
+    """
+    global _pinned
+    if _pinned is not None:
+        yield _pinned
+        return
+    _pinned = (get_backend(), floatx())
+    try:
+        yield _pinned
+    finally:
+        _pinned = None
 
 
 def parse_device(device: str) -> tuple[str, int]:

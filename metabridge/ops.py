@@ -173,6 +173,16 @@ def equal(a, b):
 
 
 # ---- activations -------------------------------------------------------------------
+def logical_and(a, b):
+    """Elementwise ``a and b`` of bool tensors."""
+    return _b().logical_and(a, b)
+
+
+def logical_not(a):
+    """Elementwise ``not a`` of a bool tensor."""
+    return _b().logical_not(a)
+
+
 def relu(x):
     """``max(x, 0)``; gradient 0 at ``x == 0``."""
     return _b().relu(x)
@@ -539,10 +549,25 @@ def grad_of_loss_tensor(loss, params: dict, create_graph: bool = False) -> dict:
     return _current().autodiff.grad_of_loss_tensor(loss, params, create_graph=create_graph)
 
 
-def compile_function(fn):
-    """The backend's compiled version of ``fn`` (``tf.function`` on TensorFlow;
-    eager on torch, whose compiler cannot trace double backward)."""
-    return _current().autodiff.compile_function(fn)
+def compile_function(fn, whole_step: bool = False):
+    """The backend's compiled version of ``fn``: ``tf.function`` on TensorFlow;
+    on torch eager, or ``torch.compile`` with ``torch.func`` gradients for a
+    ``whole_step`` (a training step run thousands of times: compiling takes
+    tens of seconds).
+
+    >>> step = compile_function(train_step)   # doctest: +SKIP
+    """
+    return _current().autodiff.compile_function(fn, whole_step=whole_step)
+
+
+def while_loop(cond, body, loop_vars: tuple) -> tuple:
+    """``while cond(*v): v = body(*v)`` over a tuple of pytrees of tensors:
+    ``tf.while_loop`` inside a TensorFlow graph (shapes must stay the same),
+    a Python loop otherwise.
+
+    >>> ops.while_loop(lambda i: i < 3, lambda i: (i + 1,), (ops.asarray(0),))   # doctest: +SKIP
+    """
+    return _current().autodiff.while_loop(cond, body, tuple(loop_vars))
 
 
 def sum_over_tasks(task_fn, arrays: tuple, n: int):

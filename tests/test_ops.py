@@ -414,9 +414,27 @@ def test_conversion_ops(backend, float64):
     assert ops.to_numpy(ops.cast(ops.asarray([0.0, 2.0]), "bool")).tolist() == [False, True]
     np.testing.assert_array_equal(ops.to_numpy(ops.zeros((2, 1))), np.zeros((2, 1)))
     assert ops.to_numpy(ops.zeros((2,), "int32")).dtype == np.int32
+    for scalar in (np.int64(3), np.bool_(True), np.float64(2.5), 7, np.array(1.5)):  # 0-d stays 0-d
+        assert ops.shape(ops.asarray(scalar)) == ()
+        assert ops.to_numpy(ops.asarray(scalar)) == scalar
     np.testing.assert_array_equal(ops.to_numpy(ops.zeros_like(x)), np.zeros((2, 3)))
     np.testing.assert_array_equal(ops.to_numpy(ops.ones_like(x)), np.ones((2, 3)))
     assert ops.to_numpy(ops.ones_like(x)).dtype == np.float64
+
+
+def test_logical_ops_and_while_loop(backend):
+    a, b = ops.asarray(np.array([True, True, False])), ops.asarray(np.array([True, False, False]))
+    assert ops.to_numpy(ops.logical_and(a, b)).tolist() == [True, False, False]
+    assert ops.to_numpy(ops.logical_not(b)).tolist() == [False, True, True]
+
+    def body(i, total):
+        return i + 1, total + ops.cast(i, ops.dtype_name(total))
+
+    for run in (lambda f: f, ops.compile_function):  # eagerly and inside the compiled path
+        loop = run(lambda n: ops.while_loop(lambda i, t: i < n, body,
+                                            (ops.asarray(np.int64(0)), ops.asarray(np.float64(0.0)))))
+        i, total = loop(ops.asarray(np.int64(5)))
+        assert int(ops.to_numpy(i)) == 5 and float(ops.to_numpy(total)) == 10.0
 
 
 def test_loss_gradients_stable_for_large_logits(backend, precision):

@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import rel_diff
@@ -191,13 +193,16 @@ def test_sinusoid_batch_is_its_episodes():
             np.testing.assert_array_equal(getattr(batch, name)[j], getattr(ep, name))
 
 
-def test_fused_train_step_equals_gradient_then_update(backend, float64):
+@pytest.mark.parametrize("whole_step", [False, True])
+def test_fused_train_step_equals_gradient_then_update(backend, float64, whole_step):
     """``CompiledUpdate.fused`` (meta-gradient and Adam in one compiled function)
-    against ``meta_value_and_grad`` + ``opt.update``."""
+    against ``meta_value_and_grad`` + ``opt.update``. ``whole_step``: on torch
+    ``torch.compile`` with ``torch.func`` gradients (second order), on
+    TensorFlow the traced graph called directly."""
     alg = MAML(MLP([1, 20, 20, 1]), inner_lr=0.01, loss="mse", compiled=True)
     tasks = SinusoidTasks(shots=5, queries=5, seed=0, dtype="float64")
     opt = optim.Adam(1e-2)
-    step = optim.CompiledUpdate(opt, compiled=True)
+    step = optim.CompiledUpdate(opt, compiled=True, whole_step=whole_step)
     p_ref = p_fused = {k: ops.asarray(v) for k, v in alg.model.init(0).items()}
     s_ref = s_fused = opt.init(p_ref)
     for i in range(4):
@@ -211,3 +216,102 @@ def test_fused_train_step_equals_gradient_then_update(backend, float64):
     assert s_fused["step"] == s_ref["step"] == 4
     for k, v in _numpy(p_ref).items():
         assert rel_diff(_numpy(p_fused)[k], v) < 1e-12, k
+
+
+@pytest.mark.parametrize("cls", [MAML, MetaSGD])
+def test_batched_evaluation_equals_the_task_loop(backend, float64, cls):
+    alg = cls(MLP([1, 40, 40, 1]), inner_lr=0.01, loss="mse")
+    params = _numpy(alg.init(0)) if cls is MetaSGD else alg.model.init(0)
+    batch = SinusoidTasks(shots=5, queries=7, seed=2, dtype="float64").batch(0, 9)
+    batched = alg.evaluate(params, batch, steps=3)
+    alg.tasks_batched = lambda: False
+    loop = alg.evaluate(params, batch, steps=3)
+    assert sorted(batched) == sorted(loop) == ["loss", "mse"]
+    for k in loop:
+        assert batched[k].shape == loop[k].shape == (9, 4)
+        assert rel_diff(batched[k], loop[k]) < 1e-12, k
+    assert np.abs(loop["loss"][:, 3] - loop["loss"][:, 0]).min() > 1e-3  # the adaptation steps change the model
+
+
+def test_batched_evaluation_equals_the_task_loop_classification(backend, float64):
+    alg = MAML(MLP([6, 16, 3], activation="tanh"), inner_lr=0.5)
+    params = alg.model.init(3)
+    batch = _classification_batch(5, 3, 2, 6, seed=4)
+    batched = alg.evaluate(params, batch, steps=2)
+    alg.tasks_batched = lambda: False
+    loop = alg.evaluate(params, batch, steps=2)
+    assert sorted(batched) == sorted(loop) == ["accuracy", "loss"]
+    np.testing.assert_array_equal(batched["accuracy"], loop["accuracy"])
+    assert rel_diff(batched["loss"], loop["loss"]) < 1e-12
+
+
+def test_whole_step_falls_back_to_eager_when_it_cannot_compile(backend):
+    """A step the compiler cannot take whole (here: a graph break inside) runs
+    eagerly after a warning on torch; TensorFlow traces it as before."""
+    calls = []
+
+    def step(x):
+        calls.append(1)
+        if backend == "torch":
+            import torch
+
+            torch._dynamo.graph_break()  # what an untraceable call does: torch.compile(fullgraph=True) refuses it
+        return x * 2.0
+
+    fn = ops.compile_function(step, whole_step=True)
+    x = ops.asarray(np.arange(3.0))
+    if backend == "torch":
+        with pytest.warns(RuntimeWarning, match="runs eagerly"):
+            out = fn(x)
+    else:
+        out = fn(x)
+    np.testing.assert_array_equal(ops.to_numpy(out), [0.0, 2.0, 4.0])
+    np.testing.assert_array_equal(ops.to_numpy(fn(x + 1.0)), [2.0, 4.0, 6.0])
+
+
+def test_whole_step_traces_again_for_new_shapes(backend):
+    fn = ops.compile_function(lambda d, y: {"s": ops.sum(d["a"]) + ops.sum(y)}, whole_step=True)
+    for n in (2, 3, 2):
+        out = fn({"a": ops.asarray(np.ones(n))}, ops.asarray(np.ones((n, 2))))
+        assert float(ops.to_numpy(out["s"])) == 3.0 * n
+    # Python numbers take part in tracing: a new number is a new trace, not a stale result.
+    scaled = ops.compile_function(lambda d, y: {"s": ops.sum(d["a"]) * y}, whole_step=True)
+    for y in (2.0, 3.0):
+        assert float(ops.to_numpy(scaled({"a": ops.asarray(np.ones(2))}, y)["s"])) == 2.0 * y
+
+
+def test_pinned_backend_and_floatx():
+    from metabridge import config
+
+    with config.use_backend("torch"), config.use_floatx("float64"):
+        with config.pinned() as pin:
+            assert pin == ("torch", "float64") == (config.get_backend(), config.floatx())
+            with config.pinned() as inner:  # nested: keeps the outer pin
+                assert inner == pin
+            assert config._pinned == pin
+        assert config._pinned is None
+    assert config.floatx() == "float32"
+
+
+def test_torch_compile_option():
+    from metabridge.train import ExperimentConfig
+    from metabridge.train.experiment import TORCH_COMPILE_MIN_STEPS, Experiment
+
+    with pytest.raises(ValueError, match=r"Expected torch_compile in \('auto', 'on', 'off'\). "
+                                         r"Received: torch_compile='yes'"):
+        ExperimentConfig(algo="maml", dataset="sinusoid", torch_compile="yes").resolved()
+
+    def whole(backend, **kw):
+        c = ExperimentConfig(algo="maml", dataset="sinusoid", **kw).resolved()
+        return Experiment(c).whole_step_compiled(backend)
+
+    assert not whole("torch", steps=TORCH_COMPILE_MIN_STEPS - 1)
+    assert whole("torch", steps=TORCH_COMPILE_MIN_STEPS)
+    assert whole("torch", steps=10, torch_compile="on")
+    assert not whole("torch", steps=TORCH_COMPILE_MIN_STEPS, torch_compile="off")
+    assert not whole("torch", steps=10, torch_compile="on", compiled=False)
+    assert whole("tensorflow", steps=10) and not whole("tensorflow", steps=10, compiled=False)
+    # auto: only small batches (a large network's eager step is already at a hand-written loop's speed)
+    big = ExperimentConfig(algo="maml", dataset="digits", steps=TORCH_COMPILE_MIN_STEPS, meta_batch=2000).resolved()
+    assert not Experiment(big).whole_step_compiled("torch")
+    assert Experiment(dataclasses.replace(big, meta_batch=4)).whole_step_compiled("torch")

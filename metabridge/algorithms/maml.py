@@ -134,9 +134,14 @@ class MAML(Algorithm):
         """
         n = ops.shape(support_x)[0]
         tasks = {k: ops.broadcast_to(v, (n,) + tuple(ops.shape(v))) for k, v in params.items()}
-        keys = self.inner_keys(params)
-        create_graph = not self.first_order
-        for _ in range(self.inner_steps):
+        tasks = self._adapt_tasks(tasks, support_x, support_y, self.inner_steps, not self.first_order)
+        return self.loss_fn(self.model.apply_tasks(tasks, query_x), query_y)
+
+    def _adapt_tasks(self, tasks: dict, support_x, support_y, steps: int, create_graph: bool) -> dict:
+        """``steps`` inner steps on parameters with a task axis (see :meth:`batched_task_loss`)."""
+        n = ops.shape(support_x)[0]
+        keys = self.inner_keys(tasks)
+        for _ in range(steps):
             frozen = tasks
 
             def summed_loss(sub, x, y):  # the built-in losses are means: n * mean = sum of task means
@@ -144,7 +149,7 @@ class MAML(Algorithm):
 
             grads = inner_gradients(summed_loss, {k: tasks[k] for k in keys}, (support_x, support_y), create_graph)
             tasks = {**tasks, **self.inner_update(tasks, grads)}
-        return self.loss_fn(self.model.apply_tasks(tasks, query_x), query_y)
+        return tasks
 
     def _meta_value_and_grad(self, params, support_x, support_y, query_x, query_y):
         if self.tasks_batched():
@@ -220,7 +225,23 @@ class MAML(Algorithm):
             outs = [self._evaluate(params, single_batch(ep), steps, w) for ep, w in zip(batch, ways)]
             return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
         check_batch(batch, self.model, self.loss_name)
+        if self.tasks_batched():
+            return self._evaluate_batched(params, batch, steps)
         return self._evaluate(params, batch, steps, None)
+
+    def _evaluate_batched(self, params: dict, batch: TaskBatch, steps: int) -> dict:
+        """:meth:`evaluate` with all tasks as one batched computation (MLPs; the
+        same numbers as the task loop to rounding, tests/test_speed_paths.py)."""
+        sx, sy, qx, qy = batch_tensors(batch)
+        n = batch.size
+        tasks = {k: ops.broadcast_to(ops.asarray(v), (n,) + tuple(np.shape(v))) for k, v in params.items()}
+        losses, metrics = np.zeros((n, steps + 1)), np.zeros((n, steps + 1))
+        for s in range(steps + 1):
+            loss, metric = _per_task(ops.stop_gradient(self.model.apply_tasks(tasks, qx)), qy, self.loss_name)
+            losses[:, s], metrics[:, s] = ops.to_numpy(loss), ops.to_numpy(metric)
+            if s < steps:
+                tasks = self._adapt_tasks(tasks, sx, sy, 1, create_graph=False)
+        return {"loss": losses, metric_fn(self.loss_name)[1]: metrics}
 
     def _evaluate(self, params: dict, batch: TaskBatch, steps: int, ways: int | None) -> dict:
         metric, metric_name = metric_fn(self.loss_name)
@@ -240,6 +261,19 @@ class MAML(Algorithm):
         if metric_name:
             out[metric_name] = metrics
         return out
+
+
+def _per_task(pred, y, loss_name: str):
+    """``(loss, metric)`` of each task of a batched prediction ``[tasks, n, ...]``,
+    for the built-in losses (MSE: the metric is the loss; cross-entropy: accuracy)."""
+    tasks, n = ops.shape(pred)[0], ops.shape(pred)[1]
+    if loss_name == "mse":
+        loss = ops.mean(ops.reshape(ops.square(pred - ops.asarray(y)), (tasks, -1)), 1)
+        return loss, loss
+    labels = ops.reshape(ops.asarray(y), (tasks * n,))
+    per = ops.cross_entropy(ops.reshape(pred, (tasks * n, -1)), labels, reduction="none")
+    hits = ops.cast(ops.equal(ops.argmax(pred, -1), ops.cast(ops.asarray(y), "int64")), ops.dtype_name(pred))
+    return ops.mean(ops.reshape(per, (tasks, n)), 1), ops.mean(hits, 1)
 
 
 def _first(outputs, ways: int | None):

@@ -21,6 +21,10 @@ from metabridge.train.limits import check_memory
 from metabridge.recipes import DEFAULT_ALGO, get_dataset, get_recipe, recipes_with
 
 SPLITS = OMNIGLOT_SPLITS
+TORCH_COMPILE_CHOICES = ("auto", "on", "off")
+# torch.compile takes 20-40 s for a training step and saves 1-4 ms a step on the
+# small models where it helps: "auto" compiles runs at least this long.
+TORCH_COMPILE_MIN_STEPS = 10_000
 ROTATIONS = OMNIGLOT_ROTATIONS
 
 
@@ -48,6 +52,8 @@ class ExperimentConfig:
     seed: int = 0
     floatx: str = "float32"
     compiled: bool = True
+    # torch only: torch.compile the whole training step ("auto": runs of >= TORCH_COMPILE_MIN_STEPS steps).
+    torch_compile: str = "auto"
     distance: str = "l1"
     siamese_loss: str = "bce"
     data_dir: str | None = None
@@ -138,6 +144,9 @@ class ExperimentConfig:
             value = getattr(c, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"Expected {name} > 0. Received: {name}={value!r}")
+        if c.torch_compile not in TORCH_COMPILE_CHOICES:
+            raise ValueError(f"Expected torch_compile in {TORCH_COMPILE_CHOICES}. "
+                             f"Received: torch_compile={c.torch_compile!r}")
         if c.floatx not in config.FLOATX_CHOICES:
             raise ValueError(f"Expected floatx in {config.FLOATX_CHOICES}. Received: floatx={c.floatx!r}")
         check_memory(c)
@@ -258,6 +267,58 @@ class Experiment:
         """``(loss, direction)`` of training step ``step`` (worker ``share[0]``'s
         part of it, of ``share[1]``) for the outer optimizer."""
         return self.algorithm.meta_value_and_grad(params, self.train_batch(step, share))
+
+    def whole_step_compiled(self, backend: str) -> bool:
+        """Whether the training step is compiled as one whole function
+        (``optim.CompiledUpdate(whole_step=True)``). TensorFlow: always with
+        ``compiled`` (the traced step is then called directly, which costs
+        nothing extra). torch: ``torch_compile = "on"``, or ``"auto"`` for runs of
+        at least ``TORCH_COMPILE_MIN_STEPS`` steps on small batches, where a step
+        is mostly per-op overhead (``torch.compile`` takes 20-40 s, and for a
+        large network's step eager torch already matches a hand-written loop)."""
+        c = self.c
+        if not c.compiled:
+            return False
+        if backend != "torch":
+            return True
+        if c.torch_compile != "auto":
+            return c.torch_compile == "on"
+        return c.steps >= TORCH_COMPILE_MIN_STEPS and self._small_batches()
+
+    def _small_batches(self) -> bool:
+        """Whether a training batch of episodes takes at most ``stepper.MAX_BATCH_BYTES``."""
+        from metabridge.train.stepper import MAX_BATCH_BYTES
+
+        if self.recipe.trains_on == "pairs" or self.sources is None:
+            return False
+        batch = self.train_batch(0)
+        size = sum(getattr(getattr(batch, f, None), "nbytes", 0) for f in ("support_x", "support_y", "query_x",
+                                                                            "query_y"))
+        return 0 < size <= MAX_BATCH_BYTES
+
+    def steps_per_call(self, backend: str) -> int:
+        """How many training steps one compiled call may run (see
+        :mod:`metabridge.train.stepper`): several on TensorFlow's whole-step path
+        when a training batch is small, else 1."""
+        from metabridge.train.stepper import STEPS_PER_CALL
+
+        if backend != "tensorflow" or not self.whole_step_compiled(backend):
+            return 1
+        return STEPS_PER_CALL if self._small_batches() else 1
+
+    def train_steps(self, params: dict, state: dict, step: int, count: int, update):
+        """Steps ``step .. step + count - 1`` as one compiled call
+        (``CompiledUpdate.fused_steps``): ``(losses, checks, done, new params,
+        new state)``, or ``None`` when the algorithm has no compiled step
+        function for these batches."""
+        fused = []
+        for s in range(step, step + count):
+            f = self.algorithm.meta_gradient_function(self.train_batch(s))
+            if f is None or (fused and f[0] != fused[0][0]):
+                return None
+            fused.append(f)
+        stacked = tuple(ops.stack([f[1][j] for f in fused]) for j in range(len(fused[0][1])))
+        return update.fused_steps(fused[0][0], stacked, params, state)
 
     def train_step(self, params: dict, state: dict, step: int, update):
         """One training step on one process: ``(loss, new params, new state, all

@@ -37,6 +37,7 @@ from metabridge.train.experiment import Experiment, ExperimentConfig, RunResult
 from metabridge.train.limits import check_memory
 from metabridge.train.lock import RunLock
 from metabridge.train.run_dir import RunDir, RunOptions, write_json_atomic
+from metabridge.train.stepper import Steps
 from metabridge.utils.stats import mean_ci95
 
 VALIDATION_OFFSET = 1_000_000  # validation episodes never coincide with the final test episodes
@@ -271,11 +272,15 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
             losses = [r["loss"] for r in kept if "loss" in r]
             monitor = "val_" if setup.sources.val is not None else "monitor_"
             bar = progress(range(start, c.steps), c.steps - start, f"{c.algo}/{c.dataset} [{name}]", quiet)
-            update = CompiledUpdate(opt, compiled=c.compiled) if hasattr(opt, "apply") else _EagerUpdate(opt)
+            update = (CompiledUpdate(opt, compiled=c.compiled, whole_step=setup.whole_step_compiled(name))
+                      if hasattr(opt, "apply") else _EagerUpdate(opt))
+            steps = Steps(setup, update, name, c.steps,
+                          boundaries=(schedule.eval_every if schedule is not None else None,
+                                      run.options.checkpoint_every if run is not None else None))
             t0, pending, postfix = time.perf_counter(), [], {}
             for step in bar:
                 if workers is None:  # the update is computed with the gradient, and used only if all is finite
-                    loss, new_params, new_state, finite = setup.train_step(params, state, step, update)
+                    loss, new_params, new_state, finite = steps.step(params, state, step)
                 else:
                     loss, direction = setup.loss_and_grad(params, step, share)
                     loss, direction = workers.mean(loss, direction, step)
@@ -297,7 +302,8 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                         kept_note = (f" The last good checkpoint (step {last_saved}) is kept in "
                                      f"{run.checkpoints}.")
                     raise FloatingPointError(f"Non-finite {bad} at step {step}; stopping.{kept_note}")
-                params, state = new_params, new_state
+                if new_params is not None:  # None inside a call of several steps (train/stepper.py)
+                    params, state = new_params, new_state
                 losses.append(value)
                 seconds = elapsed_before + time.perf_counter() - t0
                 records = [{"step": step, "loss": value, "seconds": round(seconds, 4)}]

@@ -51,7 +51,7 @@ def grad_of_loss_tensor(loss, params: dict, create_graph: bool = False) -> dict:
     )
 
 
-def compile_function(fn: Callable) -> Callable:
+def compile_function(fn: Callable, whole_step: bool = False) -> Callable:
     """The compiled path: ``tf.function`` (results match eager mode).
 
     AutoGraph is off: metabridge code has no tensor-dependent Python control
@@ -60,6 +60,10 @@ def compile_function(fn: Callable) -> Callable:
     ``reduce_retracing``): a new meta-batch size traces once more, and the task
     loop keeps a known trip count.
 
+    ``whole_step=True`` (a training step called thousands of times with tensors
+    only) calls the traced graph directly: ``tf.function``'s dispatch (matching
+    the nested arguments to a trace) took 1.8 of sinusoid MAML's 3.3 ms a call.
+
     XLA (``jit_compile=True``) was measured and is not used: on CPU, for the
     second-order Conv4 MAML step of ``benchmarks/maml_overhead.py --xla``, it
     compiled for over a minute and ran many times slower per step than the plain
@@ -67,8 +71,54 @@ def compile_function(fn: Callable) -> Callable:
     further from eager mode than the plain graph's. For sinusoid MAML (a batched
     MLP meta-batch with the Adam step fused in) it was 4 % faster per step
     (4.93 against 5.15 ms), not worth a second compiler and its drift.
+
+    >>> step = compile_function(train_step, whole_step=True)    # doctest: +SKIP
     """
-    return tf.function(fn, autograph=False)
+    function = tf.function(fn, autograph=False)
+    if not whole_step:
+        return function
+    traced: dict = {}
+
+    def run(*args: Any):
+        flat = tf.nest.flatten(args)
+        if not all(isinstance(t, tf.Tensor) for t in flat):
+            return function(*args)  # Python values take part in tracing: the general path
+        key = (_structure(args), tuple((t.dtype, _shape(t)) for t in flat))
+        concrete = traced.get(key)
+        if concrete is None:
+            concrete = traced[key] = function.get_concrete_function(*args)
+        # ConcreteFunction._call_flat (private; it returns the structured outputs)
+        # skips the argument matching: tf.function itself makes this call once
+        # it has found the trace. tests/test_speed_paths.py checks it against tf.function.
+        return concrete._call_flat(flat, concrete.captured_inputs)
+
+    return run
+
+
+def _shape(t) -> tuple:
+    """An eager tensor's shape as a tuple (``_shape_tuple`` skips building a TensorShape)."""
+    fast = getattr(t, "_shape_tuple", None)
+    return fast() if fast is not None else tuple(t.shape)
+
+
+def _structure(tree):
+    """A hashable picture of a pytree's nesting (dict keys, sequence lengths)."""
+    if isinstance(tree, dict):
+        return tuple((k, _structure(tree[k])) for k in sorted(tree))
+    if isinstance(tree, (list, tuple)):
+        return (type(tree).__name__, tuple(_structure(v) for v in tree))
+    return None
+
+
+def while_loop(cond: Callable, body: Callable, loop_vars: tuple) -> tuple:
+    """``while cond(*v): v = body(*v)``: ``tf.while_loop`` in a graph (one
+    iteration at a time, so a loop of training steps runs in order), a Python
+    loop eagerly."""
+    if tf.executing_eagerly():
+        while bool(cond(*loop_vars)):
+            loop_vars = tuple(body(*loop_vars))
+        return loop_vars
+    return tuple(tf.while_loop(cond, lambda *v: tuple(body(*v)), loop_vars, parallel_iterations=1))
 
 
 def sum_over_tasks(task_fn: Callable, arrays: tuple, n: int):

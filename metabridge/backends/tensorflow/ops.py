@@ -86,6 +86,14 @@ def where(cond, a, b):
     return tf.where(cond, a, b)
 
 
+def logical_and(a, b):
+    return tf.logical_and(a, b)
+
+
+def logical_not(a):
+    return tf.logical_not(a)
+
+
 def clip(x, lo, hi):
     return tf.clip_by_value(x, lo, hi)
 

@@ -38,8 +38,10 @@ def asarray(x, dtype: str | None = None):
         else:
             raise TypeError(f"Expected a numeric array. Received: dtype={arr.dtype}")
     # torch.tensor copies: a tensor sharing the caller's numpy memory would let an in-place op
-    # (e.g. x.mul_(2) in a wrapped module) change the caller's array.
-    return torch.tensor(np.ascontiguousarray(arr), dtype=_DTYPES[dtype], device=native_device())
+    # (e.g. x.mul_(2) in a wrapped module) change the caller's array. ascontiguousarray
+    # would turn a 0-d array into shape (1,).
+    arr = np.ascontiguousarray(arr) if arr.ndim else arr
+    return torch.tensor(arr, dtype=_DTYPES[dtype], device=native_device())
 
 
 def to_numpy(x) -> np.ndarray:
@@ -86,6 +88,14 @@ def power(x, p):
 
 def where(cond, a, b):
     return torch.where(cond, a, b)
+
+
+def logical_and(a, b):
+    return torch.logical_and(a, b)
+
+
+def logical_not(a):
+    return torch.logical_not(a)
 
 
 def clip(x, lo, hi):
