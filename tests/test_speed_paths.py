@@ -193,13 +193,14 @@ def test_sinusoid_batch_is_its_episodes():
             np.testing.assert_array_equal(getattr(batch, name)[j], getattr(ep, name))
 
 
-@pytest.mark.parametrize("whole_step", [False, True])
-def test_fused_train_step_equals_gradient_then_update(backend, float64, whole_step):
+@pytest.mark.parametrize("whole_step, first_order", [(False, False), (True, False), (True, True)])
+def test_fused_train_step_equals_gradient_then_update(backend, float64, whole_step, first_order):
     """``CompiledUpdate.fused`` (meta-gradient and Adam in one compiled function)
     against ``meta_value_and_grad`` + ``opt.update``. ``whole_step``: on torch
     ``torch.compile`` with ``torch.func`` gradients (second order), on
-    TensorFlow the traced graph called directly."""
-    alg = MAML(MLP([1, 20, 20, 1]), inner_lr=0.01, loss="mse", compiled=True)
+    TensorFlow the traced graph called directly. First order: the inner
+    gradient stopped (``detach`` inside ``torch.func.grad``)."""
+    alg = MAML(MLP([1, 20, 20, 1]), inner_lr=0.01, loss="mse", compiled=True, first_order=first_order)
     tasks = SinusoidTasks(shots=5, queries=5, seed=0, dtype="float64")
     opt = optim.Adam(1e-2)
     step = optim.CompiledUpdate(opt, compiled=True, whole_step=whole_step)
