@@ -69,7 +69,7 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
                    help="skip the compiled path (tf.function); in a file: compiled = false")
     p.add_argument("--torch-compile", choices=TORCH_COMPILE_CHOICES, default=S,
                    help="torch: compile the whole training step with torch.compile (20-40 s once; "
-                        f"auto: runs of >= {TORCH_COMPILE_MIN_STEPS:,} steps)")
+                        f"auto: runs of >= {TORCH_COMPILE_MIN_STEPS:,} steps of an MLP on small batches)")
     p.add_argument("--distance", choices=DISTANCES, default=S, help="Siamese pair distance")
     p.add_argument("--siamese-loss", choices=SIAMESE_LOSSES, default=S)
     p.add_argument("--siamese-head", choices=SIAMESE_HEADS, default=S,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 from types import ModuleType
-from typing import Iterator
+from typing import Callable, Iterator
 
 from metabridge import backend as _table
 
@@ -26,8 +27,11 @@ _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _floatx = "float32"
 _context_floatx: contextvars.ContextVar[str | None] = contextvars.ContextVar("metabridge_floatx", default=None)
 _device = "cpu"
-# (backend, floatx) while a torch.compile'd function runs (see :func:`pinned`).
+# (backend, floatx) while a compiled function runs (see :func:`pinned`); read only
+# while a graph compiler traces (``_tracing``, set by a backend that needs it).
 _pinned: tuple[str, str] | None = None
+_pin_lock = threading.RLock()
+_tracing: Callable[[], bool] = lambda: False
 
 
 def canonical_backend_name(name: str) -> str:
@@ -57,7 +61,7 @@ def get_backend() -> str:
     >>> get_backend() in ("torch", "tensorflow")
     True
     """
-    if _pinned is not None:
+    if _pinned is not None and _tracing():
         return _pinned[0]
     ctx = _context_backend.get()
     if ctx is not None:
@@ -129,7 +133,7 @@ def use_floatx(dtype: str) -> Iterator[str]:
 
 def floatx() -> str:
     """The current float precision (``"float32"`` or ``"float64"``)."""
-    if _pinned is not None:
+    if _pinned is not None and _tracing():
         return _pinned[1]
     ctx = _context_floatx.get()
     return _floatx if ctx is None else ctx
@@ -140,21 +144,23 @@ def pinned() -> Iterator[tuple[str, str]]:
     """Hold the current backend and float precision in plain module globals for
     the block, for graph capture: ``torch.compile`` cannot read a ``ContextVar``
     (Dynamo: "does not know how to trace method get of class ContextVar"), but
-    reads and guards globals. The pin is process-wide while the block runs
-    (compiled functions run one at a time); nested pins keep the outer one.
+    reads and guards globals. The pin is read only while a compiler traces, so
+    other threads keep their own settings; blocks of different threads run one
+    at a time (a lock), and a nested block keeps the outer pin.
 
     >>> with pinned() as (backend, dtype):     # doctest: +SKIP
     ...     compiled_fn(params)
     """
     global _pinned
-    if _pinned is not None:
-        yield _pinned
-        return
-    _pinned = (get_backend(), floatx())
-    try:
-        yield _pinned
-    finally:
-        _pinned = None
+    with _pin_lock:
+        if _pinned is not None:
+            yield _pinned
+            return
+        _pinned = (get_backend(), floatx())
+        try:
+            yield _pinned
+        finally:
+            _pinned = None
 
 
 def parse_device(device: str) -> tuple[str, int]:

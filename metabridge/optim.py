@@ -253,8 +253,11 @@ class CompiledUpdate:
 
         Returns ``(losses, checks, done, new params, new state)``: numpy arrays of
         the ``k`` steps' losses and checks (0 where all was finite, NaN where not;
-        entries after a stop are not computed), and ``done``, the number of steps
-        applied (``k`` unless step ``done`` was not finite).
+        entries after a stop are 0 and mean nothing), and ``done``, the number of
+        steps applied (``k`` unless step ``done`` was not finite). On torch the
+        loop is Python, which ``torch.compile`` cannot capture whole: there a
+        ``whole_step`` update runs it eagerly after a warning (the training loop
+        does not use it on torch).
 
         >>> losses, checks, done, params, state = step.fused_steps(grad_fn, stacked, params, state)  # doctest: +SKIP
         """

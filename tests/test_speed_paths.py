@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -206,14 +208,17 @@ def test_fused_train_step_equals_gradient_then_update(backend, float64, whole_st
     step = optim.CompiledUpdate(opt, compiled=True, whole_step=whole_step)
     p_ref = p_fused = {k: ops.asarray(v) for k, v in alg.model.init(0).items()}
     s_ref = s_fused = opt.init(p_ref)
-    for i in range(4):
-        batch = tasks.batch(i, 6)
-        loss_ref, grads = alg.meta_value_and_grad(p_ref, batch)
-        p_ref, s_ref = opt.update(p_ref, grads, s_ref)
-        grad_fn, args = alg.meta_gradient_function(batch)
-        loss, p_fused, s_fused, finite = step.fused(grad_fn, args, p_fused, s_fused)
-        assert finite
-        assert abs(float(ops.to_numpy(loss)) - float(ops.to_numpy(loss_ref))) < 1e-12 * float(ops.to_numpy(loss_ref))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the compiled path, not the eager fallback
+        for i in range(4):
+            batch = tasks.batch(i, 6)
+            loss_ref, grads = alg.meta_value_and_grad(p_ref, batch)
+            p_ref, s_ref = opt.update(p_ref, grads, s_ref)
+            grad_fn, args = alg.meta_gradient_function(batch)
+            loss, p_fused, s_fused, finite = step.fused(grad_fn, args, p_fused, s_fused)
+            assert finite
+            assert (abs(float(ops.to_numpy(loss)) - float(ops.to_numpy(loss_ref)))
+                    < 1e-12 * float(ops.to_numpy(loss_ref)))
     assert s_fused["step"] == s_ref["step"] == 4
     for k, v in _numpy(p_ref).items():
         assert rel_diff(_numpy(p_fused)[k], v) < 1e-12, k
@@ -282,7 +287,14 @@ def test_whole_step_traces_again_for_new_shapes(backend):
 
 
 def test_pinned_backend_and_floatx():
+    """The pin holds the settings for a compiler's trace; other threads keep their own."""
     from metabridge import config
+
+    seen = {}
+
+    def other_thread():
+        with config.use_floatx("float32"):
+            seen["floatx"] = config.floatx()
 
     with config.use_backend("torch"), config.use_floatx("float64"):
         with config.pinned() as pin:
@@ -290,7 +302,11 @@ def test_pinned_backend_and_floatx():
             with config.pinned() as inner:  # nested: keeps the outer pin
                 assert inner == pin
             assert config._pinned == pin
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join()
         assert config._pinned is None
+    assert seen == {"floatx": "float32"}
     assert config.floatx() == "float32"
 
 

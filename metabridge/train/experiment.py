@@ -273,9 +273,10 @@ class Experiment:
         (``optim.CompiledUpdate(whole_step=True)``). TensorFlow: always with
         ``compiled`` (the traced step is then called directly, which costs
         nothing extra). torch: ``torch_compile = "on"``, or ``"auto"`` for runs of
-        at least ``TORCH_COMPILE_MIN_STEPS`` steps on small batches, where a step
-        is mostly per-op overhead (``torch.compile`` takes 20-40 s, and for a
-        large network's step eager torch already matches a hand-written loop)."""
+        at least ``TORCH_COMPILE_MIN_STEPS`` steps of a model that batches tasks
+        (an MLP) on small batches, where a step is mostly per-op overhead
+        (``torch.compile`` takes 20-40 s, and for a larger network's step eager
+        torch already matches a hand-written loop)."""
         c = self.c
         if not c.compiled:
             return False
@@ -283,7 +284,8 @@ class Experiment:
             return True
         if c.torch_compile != "auto":
             return c.torch_compile == "on"
-        return c.steps >= TORCH_COMPILE_MIN_STEPS and self._small_batches()
+        return (c.steps >= TORCH_COMPILE_MIN_STEPS and getattr(self.model, "task_batched", False)
+                and self._small_batches())
 
     def _small_batches(self) -> bool:
         """Whether a training batch of episodes takes at most ``stepper.MAX_BATCH_BYTES``."""

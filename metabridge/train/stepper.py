@@ -6,8 +6,10 @@ MAML: 1.4 ms of graph). For such steps :class:`Steps` runs up to
 ``STEPS_PER_CALL`` of them in one call (``Experiment.train_steps``, a loop
 inside the graph) and hands them to the training loop one by one. A call never
 crosses a step after which the loop evaluates or checkpoints, so the parameters
-exist there; in between they are not materialised. The steps are the same
-computation in the same order as one call a step (tests/test_train_steps.py).
+exist there; in between they are not materialised (and the ``seconds`` logged
+for the steps of one call are taken when the call returns). The steps are the
+same computation in the same order as one call a step, equal to rounding
+(tests/test_train_steps.py).
 
 >>> steps = Steps(setup, update, "tensorflow", total=1000, boundaries=(100,))   # doctest: +SKIP
 >>> loss, new_params, new_state, finite = steps.step(params, state, 0)         # doctest: +SKIP

@@ -6,11 +6,11 @@ differentiates through them (true second order). While any call is active,
 graphs are retained, since an inner backward pass must not free buffers the
 outer one still needs.
 
-Inside a whole-step compiled function (:func:`compile_function` with
-``whole_step=True``) gradients come from ``torch.func.grad`` instead: it nests
-the same way (second order), and unlike ``autograd.grad`` TorchDynamo can
-capture it, so ``torch.compile`` (Inductor) sees the meta-gradient and the
-optimizer step as one graph.
+While ``torch.compile`` traces (a whole-step compiled function,
+:func:`compile_function` with ``whole_step=True``) gradients come from
+``torch.func.grad`` instead: it nests the same way (second order), and unlike
+``autograd.grad`` TorchDynamo can capture it, so Inductor sees the
+meta-gradient and the optimizer step as one graph.
 """
 from __future__ import annotations
 
@@ -24,9 +24,8 @@ from metabridge import config
 from metabridge.backends.torch import ops
 
 _depth: contextvars.ContextVar[int] = contextvars.ContextVar("mb_torch_grad_depth", default=0)
-# True while a torch.compile'd whole step runs: a plain global, which Dynamo
-# reads (and guards on) where it cannot read a ContextVar.
-_functional = False
+# config.pinned() holds the backend and floatx for Dynamo, which reads them while it traces.
+config._tracing = torch.compiler.is_compiling
 
 
 def value_and_grad(fn: Callable, create_graph: bool = False, has_aux: bool = False) -> Callable:
@@ -37,7 +36,7 @@ def value_and_grad(fn: Callable, create_graph: bool = False, has_aux: bool = Fal
     """
 
     def wrapped(params: dict, *args: Any, **kwargs: Any):
-        if _functional:
+        if torch.compiler.is_compiling():
             return _func_value_and_grad(fn, create_graph, has_aux, params, args, kwargs)
         depth = _depth.get()
         inputs = {}
@@ -105,7 +104,7 @@ def grad_of_loss_tensor(loss, params: dict, create_graph: bool = False) -> dict:
             "ops.value_and_grad, or pass a loss function instead). Received: "
             + (f"parameters without gradients {cut[:3]}" if cut else "a loss tensor with no graph")
         )
-    if _functional:
+    if torch.compiler.is_compiling():
         raise ValueError("Expected a loss function inside a compiled whole step (torch.compile cannot "
                          "differentiate a finished tensor). Received: a tensor")
     inputs = list(params.values())
@@ -144,26 +143,21 @@ def compile_function(fn: Callable, whole_step: bool = False) -> Callable:
     if not whole_step:
         return fn
     compiled = torch.compile(fn, fullgraph=True, dynamic=False)
-    state = {"fn": None}
+    state = {"eager": False}
 
     def run(*args: Any):
-        global _functional
-        if state["fn"] is fn:  # the compiler could not take it: eager
-            return fn(*args)
-        with config.pinned():
-            outer, _functional = _functional, True
+        if not state["eager"]:
             try:
-                return compiled(*args)
-            except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
-                if state["fn"] is not None:
-                    raise
+                with config.pinned():
+                    return compiled(*args)
+            except Exception as e:  # noqa: BLE001 - any compiler failure; the eager run below re-raises user errors
+                out = fn(*args)  # the step's own error, if it has one, comes from here, as without compiling
+                state["eager"] = True
+                cause = e.__cause__ or e
                 warnings.warn(f"torch.compile could not compile the training step; it runs eagerly "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})", RuntimeWarning, stacklevel=2)
-                state["fn"] = fn
-            finally:
-                _functional = outer
-                if state["fn"] is None:
-                    state["fn"] = compiled
+                              f"({type(e).__name__}: {type(cause).__name__}: {str(cause).splitlines()[0][:200]})",
+                              RuntimeWarning, stacklevel=2)
+                return out
         return fn(*args)
 
     run.whole_step = True
