@@ -202,8 +202,7 @@ class CompiledUpdate:
         scalars = self.opt.scalars(step)
         if not (tensors or self._tensor_scalars):
             return scalars
-        dtype = ops.dtype_name(ops.asarray(next(iter(params.values()))))
-        return {k: ops.asarray(np.asarray(v, dtype=dtype)) for k, v in scalars.items()}
+        return _as_tensors(scalars, params)
 
     def __call__(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict, bool]:
         """``(new params, new state, all finite)``."""
@@ -241,7 +240,6 @@ class CompiledUpdate:
         finite = math.isfinite(float(ops.to_numpy(probe)))
         return loss, new_params, {"step": step + 1, **new_slots}, finite
 
-
     def fused_steps(self, grad_fn, args_seq: tuple, params: dict, state: dict):
         """``k`` training steps as one compiled call, ``args_seq`` holding each
         step's ``grad_fn`` arguments stacked on a leading axis of length ``k``.
@@ -268,8 +266,7 @@ class CompiledUpdate:
             self._fused[key] = ops.compile_function(fn, whole_step=self.whole_step) if self.compiled else fn
         first = state["step"]
         rows = [self.opt.scalars(first + j) for j in range(k)]
-        dtype = ops.dtype_name(ops.asarray(next(iter(params.values()))))
-        scalars = {name: ops.asarray(np.asarray([r[name] for r in rows], dtype=dtype)) for name in rows[0]}
+        scalars = _as_tensors({name: [r[name] for r in rows] for name in rows[0]}, params)
         done, new_params, new_slots, losses, checks = self._fused[key](params, _slots(state), scalars, *args_seq)
         done = int(ops.to_numpy(done))
         return (np.asarray(ops.to_numpy(losses)), np.asarray(ops.to_numpy(checks)), done, new_params,
@@ -303,6 +300,13 @@ class CompiledUpdate:
             return done, params, slots, losses, checks
 
         return train_steps
+
+
+def _as_tensors(values: dict, params: dict) -> dict:
+    """Python numbers (or lists of them) as tensors of the parameters' dtype,
+    rounded as eager mode rounds Python floats."""
+    dtype = ops.dtype_name(ops.asarray(next(iter(params.values()))))
+    return {k: ops.asarray(np.asarray(v, dtype=dtype)) for k, v in values.items()}
 
 
 def make_optimizer(name: str, lr: float) -> SGD | Adam:

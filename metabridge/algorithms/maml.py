@@ -234,7 +234,8 @@ class MAML(Algorithm):
         same numbers as the task loop to rounding, tests/test_speed_paths.py)."""
         sx, sy, qx, qy = batch_tensors(batch)
         n = batch.size
-        tasks = {k: ops.broadcast_to(ops.asarray(v), (n,) + tuple(np.shape(v))) for k, v in params.items()}
+        base = {k: ops.asarray(v) for k, v in params.items()}
+        tasks = {k: ops.broadcast_to(v, (n,) + tuple(ops.shape(v))) for k, v in base.items()}
         losses, metrics = np.zeros((n, steps + 1)), np.zeros((n, steps + 1))
         for s in range(steps + 1):
             loss, metric = _per_task(ops.stop_gradient(self.model.apply_tasks(tasks, qx)), qy, self.loss_name)

@@ -18,6 +18,7 @@ from metabridge.data.omniglot_splits import OMNIGLOT_ROTATIONS, OMNIGLOT_SPLITS
 from metabridge.optim import StepDecay
 from metabridge.train.distributed import split_check
 from metabridge.train.limits import check_memory
+from metabridge.train.stepper import MAX_BATCH_BYTES, STEPS_PER_CALL
 from metabridge.recipes import DEFAULT_ALGO, get_dataset, get_recipe, recipes_with
 
 SPLITS = OMNIGLOT_SPLITS
@@ -289,8 +290,6 @@ class Experiment:
 
     def _small_batches(self) -> bool:
         """Whether a training batch of episodes takes at most ``stepper.MAX_BATCH_BYTES``."""
-        from metabridge.train.stepper import MAX_BATCH_BYTES
-
         if self.recipe.trains_on == "pairs" or self.sources is None:
             return False
         batch = self.train_batch(0)
@@ -302,8 +301,6 @@ class Experiment:
         """How many training steps one compiled call may run (see
         :mod:`metabridge.train.stepper`): several on TensorFlow's whole-step path
         when a training batch is small, else 1."""
-        from metabridge.train.stepper import STEPS_PER_CALL
-
         if backend != "tensorflow" or not self.whole_step_compiled(backend):
             return 1
         return STEPS_PER_CALL if self._small_batches() else 1
