@@ -103,6 +103,49 @@ def test_all_pairs_loss_matches_numpy(backend, float64, loss):
     expect_value_error(lambda: net.value_and_grad(params, x1, x2, np.zeros_like(same)), "all-in-batch")
 
 
+@pytest.mark.parametrize("pairs, optimizer, whole_step", [("all-in-batch", "koch-sgd", True),
+                                                          ("independent", "koch-sgd", True),
+                                                          ("all-in-batch", "adam", True),
+                                                          ("all-in-batch", "adam", False)])
+def test_compiled_training_step_equals_gradient_then_update(backend, float64, pairs, optimizer, whole_step):
+    """The training loop compiles the pair gradient and the optimizer step as one
+    function (``meta_gradient_function`` + ``CompiledUpdate.fused``); it must give
+    the eager gradient-then-update numbers. Koch's SGD runs the recipe's batch-norm
+    Conv4; Adam a network without batch norm: the conv biases before batch norm have
+    a gradient of exactly 0 in exact arithmetic, i.e. rounding noise, which Adam
+    scales up to steps of ``lr`` whose sign is the noise's."""
+    import warnings
+
+    from metabridge import optim
+    from metabridge.nn.siamese_encoders import Conv4Embedding
+
+    ds, alpha = _alphabet_data()
+    ds = ArrayDataset(np.repeat(np.repeat(ds.x, 2, 1), 2, 2), ds.y)  # 16x16: Conv4's smallest input
+    sampler = PairSampler(ds, 4 if pairs == "all-in-batch" else 8, seed=2, within_alphabet=0.5,
+                          alphabet_ids=alpha, augment=True, all_pairs=pairs == "all-in-batch")
+    encoder = (Conv4Embedding((16, 16, 1), channels=4) if optimizer == "koch-sgd"
+               else SmallConvEncoder(input_shape=(16, 16, 1), filters=(4, 8), embedding=16))
+    net = Siamese(encoder, pairs=pairs, probe=sampler.batch(0)[:2],
+                  optimizer=optimizer, koch_sgd={"momentum_steps": 3, "l2": {"*": 1e-3}})
+    opt = net.outer_optimizer(StepDecay(1e-2, 2, 0.9))
+    step = optim.CompiledUpdate(opt, compiled=True, whole_step=whole_step and backend == "tensorflow")
+    p_ref = p_fused = {k: ops.asarray(v) for k, v in perturbed_init(net, seed=3).items()}
+    s_ref = s_fused = opt.init(p_ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for i in range(3):
+            batch = sampler.batch(i)
+            loss_ref, grads = net.meta_value_and_grad(p_ref, batch)
+            p_ref, s_ref = opt.update(p_ref, grads, s_ref)
+            loss, p_fused, s_fused, finite = step.fused(*net.meta_gradient_function(batch), p_fused, s_fused)
+            assert finite
+            assert abs(float(ops.to_numpy(loss)) - float(ops.to_numpy(loss_ref))) < 1e-12 * float(ops.to_numpy(loss_ref))
+    for k, v in p_ref.items():
+        assert rel_diff(ops.to_numpy(p_fused[k]), ops.to_numpy(v)) < 1e-12, k
+    assert rel_diff(ops.to_numpy(p_fused["conv1.kernel"]), perturbed_init(net, seed=3)["conv1.kernel"]) > 1e-4
+    expect_value_error(lambda: net.meta_gradient_function((batch[0], batch[1][:-1], batch[2])), "equal shape")
+
+
 # ---- heads and initialisation -------------------------------------------------------------------------
 def _numpy_logit(params, e1, e2, head):
     d = np.abs(e1 - e2)
