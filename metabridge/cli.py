@@ -71,7 +71,9 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
                    help="torch: compile the whole training step with torch.compile (20-40 s once; "
                         f"auto: runs of >= {TORCH_COMPILE_MIN_STEPS:,} steps of an MLP on small batches)")
     p.add_argument("--distance", choices=DISTANCES, default=S, help="Siamese pair distance")
-    p.add_argument("--siamese-loss", choices=SIAMESE_LOSSES, default=S)
+    p.add_argument("--siamese-loss", choices=SIAMESE_LOSSES, default=S,
+                   help="Siamese loss: bce (Koch's, default), contrastive (margin), softmax (ranks each image's "
+                        "partner against the batch; needs --siamese-pairs all-in-batch)")
     p.add_argument("--siamese-head", choices=SIAMESE_HEADS, default=S,
                    help="Siamese weighted-L1 head: softplus (non-negative weights, default) or free (Koch's)")
     p.add_argument("--siamese-init", choices=SIAMESE_INITS, default=S,
@@ -86,6 +88,8 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer-lr", default=S, help="koch-sgd: per-layer lr factors, e.g. 'head=10,embed=1'")
     p.add_argument("--within-alphabet", type=float, default=S,
                    help="Siamese on Omniglot: fraction of different pairs from one alphabet (default 0.5)")
+    p.add_argument("--alphabet-group", type=int, default=S,
+                   help="Siamese on Omniglot, all-in-batch pairs: characters drawn from each alphabet (default 8)")
     p.add_argument("--augment", action="store_const", const=True, default=S,
                    help="Siamese: Koch's affine distortions of training pairs")
     p.add_argument("--val-alphabets", type=int, default=S,

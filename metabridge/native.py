@@ -247,13 +247,14 @@ def _spec(model) -> dict:
         stride = 2 if model.strided else 1
         h, w, _ = model.input_shape
         pads = []
-        for _ in range(4):
+        pools = [not model.strided and (i < 3 or model.last_pool) for i in range(4)]
+        for pool in pools:
             pads.append(ops.resolve_padding("same", (h, w), (3, 3), (stride, stride)))
             h, w = -(-h // stride), -(-w // stride)
-            if not model.strided:
+            if pool:
                 h, w = h // 2, w // 2
         return {"kind": "conv4", "input_shape": tuple(model.input_shape), "stride": stride,
-                "strided": model.strided, "pads": pads, "final_hwc": (h, w, model.channels)}
+                "strided": model.strided, "pools": pools, "pads": pads, "final_hwc": (h, w, model.channels)}
     raise ValueError(f"Expected a metabridge.nn.MLP or Conv4. Received: {type(model).__name__}")
 
 

@@ -71,6 +71,24 @@ def unflat(vec: np.ndarray, like: dict) -> dict:
     return out
 
 
+def assert_directional_derivatives(loss, params: dict, grads: dict, rng, directions: int = 2,
+                                   eps: float = 1e-6, tol: float = 1e-6) -> None:
+    """Central differences of ``loss(params dict) -> float`` along random unit
+    directions must equal ``grads · direction`` to ``tol`` relative to ``|grads|``."""
+    from metabridge import ops
+
+    g, theta = flat(grads), flat(params)
+
+    def f(vec):
+        return loss({k: ops.asarray(v) for k, v in unflat(vec, params).items()})
+
+    for _ in range(directions):
+        v = rng.standard_normal(theta.size)
+        v /= np.linalg.norm(v)
+        fd = (f(theta + eps * v) - f(theta - eps * v)) / (2 * eps)
+        assert abs(fd - g @ v) / np.linalg.norm(g) < tol, (fd, g @ v)
+
+
 def perturbed_init(model, seed: int, scale: float = 0.1) -> dict:
     """``model.init`` plus noise, so biases and batch-norm parameters are not at
     special values (zero biases put ReLU units exactly on their kink, which

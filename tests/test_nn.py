@@ -20,12 +20,12 @@ def np_conv(p, name, x, stride=1, padding="same"):
     return np_conv2d(x, p[f"{name}.kernel"], stride, padding) + p[f"{name}.bias"]
 
 
-def np_conv4(p, x, strided=False, head=True):
+def np_conv4(p, x, strided=False, head=True, last_pool=True):
     for i in range(1, 5):
         x = np_conv(p, f"conv{i}", x, stride=2 if strided else 1)
         x = np_batch_norm(x, p[f"bn{i}.scale"], p[f"bn{i}.offset"])[0]
         x = np.maximum(x, 0)
-        if not strided:
+        if not strided and (i < 4 or last_pool):
             x = np_pool(x, 2, 2, "valid", "max")
     x = x.mean(axis=(1, 2)) if strided else x.reshape(len(x), -1)
     return np_dense(p, "head", x) if head else x
@@ -60,6 +60,8 @@ MODELS = [
      lambda p, x: np_conv4(p, x, strided=True)),
     ("conv4-embedding", lambda: Conv4(None, input_shape=(16, 16, 1), channels=3), (4, 16, 16, 1),
      lambda p, x: np_conv4(p, x, head=False)),
+    ("conv4-no-last-pool", lambda: Conv4(2, input_shape=(20, 20, 1), channels=3, last_pool=False), (4, 20, 20, 1),
+     lambda p, x: np_conv4(p, x, last_pool=False)),
     ("small-encoder", lambda: SmallConvEncoder(input_shape=(8, 8, 1), filters=(3, 4), embedding=6),
      (3, 8, 8, 1), lambda p, x: np_small_encoder(p, x, 2)),
     ("koch", lambda: KochEncoder(input_shape=(20, 20, 1), filters=(3, 4, 5), kernels=(5, 3, 2), embedding=6),
@@ -129,6 +131,8 @@ def test_batch_norm_running_statistics(backend, float64):
     (lambda: MLP([3, 4], activation="gelu"), "Expected activation in"),
     (lambda: Conv4(5, input_shape=(8, 8, 1)), "Expected input_shape large enough"),
     (lambda: Conv4(0), "Expected out_features >= 1"),
+    (lambda: Conv4(5, strided=True, last_pool=False), "Expected last_pool true or false, and true with strided"),
+    (lambda: Conv4(5, last_pool=1), "Expected last_pool true or false"),
     (lambda: Conv4(5, input_shape=(28, 28)), "Expected input_shape (height, width, channels)"),
     (lambda: KochEncoder(input_shape=(28, 28, 1)), "Expected input_shape large enough for kernels"),
     (lambda: KochEncoder(filters=(4, 8), kernels=(3,)), "Expected as many kernels as filters"),
@@ -206,3 +210,15 @@ def test_optimizer_rejects_mismatched_grads(backend):
     params = {"a": ops.asarray(np.zeros(2))}
     with pytest.raises(ValueError, match="Expected grads with the keys of params"):
         opt.update(params, {"b": ops.asarray(np.zeros(2))}, opt.init(params))
+
+
+def test_conv4_without_last_pool_keeps_the_spatial_map():
+    from metabridge.nn.siamese_encoders import Conv4Embedding
+
+    assert Conv4(None, input_shape=(28, 28, 1), last_pool=False).feature_dim == 3 * 3 * 64
+    assert Conv4(2, input_shape=(20, 20, 1), channels=3, last_pool=False).param_shapes()["head.kernel"] == (12, 2)
+    assert Conv4Embedding((28, 28, 1), last_pool=False).embedding_dim == 576
+    from metabridge.recipes.algorithms import siamese_encoder
+
+    enc = siamese_encoder((28, 28, 1), "conv4-spatial")
+    assert isinstance(enc, Conv4Embedding) and enc.embedding_dim == 576 and not enc.last_pool

@@ -16,7 +16,7 @@ from metabridge.data.augment import koch_affine
 from metabridge.nn import KochEncoder, SmallConvEncoder
 from metabridge.optim import StepDecay
 
-from conftest import expect_value_error, flat, perturbed_init, rel_diff
+from conftest import assert_directional_derivatives, expect_value_error, flat, perturbed_init, rel_diff
 
 
 def _alphabet_data(seed: int = 0):
@@ -77,30 +77,105 @@ def test_all_pairs_batches():
         assert len(set(ds.y[i1])) == 8  # distinct classes
         if within:  # groups of (up to) 8 from one alphabet: alphabets of 4 give 2 groups
             assert len(set(alpha[i1])) == 2
+    for group, alphabets in ((2, 3), (3, 3), (4, 2)):  # 8 classes in groups of `group`; 3 alphabets of 4
+        x1, _, _ = PairSampler(ds, 8, seed=2, within_alphabet=0.5, alphabet_ids=alpha, all_pairs=True,
+                               alphabet_group=group).batch(1)
+        i1 = np.array([row[tuple(np.round(v.ravel(), 12))] for v in x1])
+        assert len(set(ds.y[i1])) == 8 and len(set(alpha[i1])) == alphabets, group
+        if group == 4:
+            assert sorted(np.unique(alpha[i1], return_counts=True)[1]) == [4, 4]
     expect_value_error(lambda: PairSampler(ds, 13, all_pairs=True), "batch_size <= 12", "13")
+    expect_value_error(lambda: PairSampler(ds, 8, alphabet_group=0), "alphabet_group", "0")
 
 
-@pytest.mark.parametrize("loss", ["bce", "contrastive"])
+@pytest.mark.parametrize("loss", ["bce", "contrastive", "softmax"])
 def test_all_pairs_loss_matches_numpy(backend, float64, loss):
     net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1), filters=(4, 8), embedding=16), loss=loss,
-                  distance="l1" if loss == "bce" else "l2", margin=1.5, pairs="all-in-batch")
+                  distance="l2" if loss == "contrastive" else "l1", margin=1.5, pairs="all-in-batch")
     params = perturbed_init(net, seed=4)
     ds = load_digits("train", dtype="float64")
     x1, x2, same = PairSampler(ds, 5, seed=1, all_pairs=True).batch(0)
     e1, e2 = ops.to_numpy(net.embed(params, x1)), ops.to_numpy(net.embed(params, x2))
     k = len(x1)
-    if loss == "bce":
+    if loss == "contrastive":
+        d = np.linalg.norm(e1[:, None] - e2[None], axis=-1)
+        pos, neg = 0.5 * d ** 2, 0.5 * np.maximum(1.5 - d, 0.0) ** 2
+    else:
         w, b = np.logaddexp(0.0, params["head.kernel"]), params["head.bias"]
         z = np.array([[(b - np.abs(e1[i] - e2[j]) @ w)[0] for j in range(k)] for i in range(k)])
         pos, neg = np.logaddexp(0.0, -z), np.logaddexp(0.0, z)
-    else:
-        d = np.linalg.norm(e1[:, None] - e2[None], axis=-1)
-        pos, neg = 0.5 * d ** 2, 0.5 * np.maximum(1.5 - d, 0.0) ** 2
     off = ~np.eye(k, dtype=bool)
     want = 0.5 * np.mean(np.diag(pos)) + 0.5 * np.mean(neg[off])
+    if loss == "softmax":  # -log p(partner) along rows (x1[i] vs every x2[j]) and columns, averaged
+        rows = np.array([np.log(np.sum(np.exp(z[i]))) - z[i, i] for i in range(k)])
+        cols = np.array([np.log(np.sum(np.exp(z[:, j]))) - z[j, j] for j in range(k)])
+        want = 0.5 * (rows.mean() + cols.mean())
     value, _ = net.value_and_grad(params, x1, x2, same)
     assert abs(float(ops.to_numpy(value)) - want) <= 1e-10 * abs(want)
     expect_value_error(lambda: net.value_and_grad(params, x1, x2, np.zeros_like(same)), "all-in-batch")
+
+
+def test_softmax_loss_gradient_matches_finite_differences(backend, float64):
+    net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1), filters=(4,), embedding=8), loss="softmax",
+                  pairs="all-in-batch")
+    params = perturbed_init(net, seed=5)
+    rng = np.random.default_rng(5)
+    x1, x2 = rng.uniform(size=(5, 8, 8, 1)), rng.uniform(size=(5, 8, 8, 1))  # no ties in max-pool
+    same = np.ones(5)
+    _, grads = net.value_and_grad(params, x1, x2, same)
+    assert np.max(np.abs(flat(grads))) > 0
+    assert float(np.max(np.abs(ops.to_numpy(grads["head.bias"])))) < 1e-15  # the bias cancels in a softmax
+    assert_directional_derivatives(lambda p: float(ops.to_numpy(net.pair_loss(p, x1, x2, same))), params, grads,
+                                   rng, directions=3)
+
+
+def _train_softmax(backend: str, steps: int):
+    """The 28x28 recipe's loss in small: softmax over all-in-batch pairs, centred
+    softplus head, batch-norm Conv4, distorted pairs within 'alphabets', Adam."""
+    from metabridge import optim
+    from metabridge.nn.siamese_encoders import Conv4Embedding
+
+    with mb.use_backend(backend):
+        ds, alpha = _alphabet_data()
+        ds = ArrayDataset(np.repeat(np.repeat(ds.x, 2, 1), 2, 2).astype(mb.floatx()), ds.y)
+        pairs = PairSampler(ds, 6, seed=1, within_alphabet=0.5, alphabet_ids=alpha, augment=True, all_pairs=True)
+        net = Siamese(Conv4Embedding((16, 16, 1), channels=4), loss="softmax", pairs="all-in-batch",
+                      probe=pairs.batch(0)[:2])
+        # conv biases ahead of batch norm: a true gradient of 0, rounding noise, left out of the first gradient
+        return _run_steps(net, pairs, optim.Adam(1e-2), steps,
+                          compare=lambda k: not (k.startswith("conv") and k.endswith(".bias")))
+
+
+def _run_steps(net, pairs, opt, steps, compare=lambda name: True):
+    """``steps`` optimizer steps on ``pairs.batch(step)`` from ``net.init(0)``: the losses, the final
+    parameters and the first gradient (flattened, the entries whose name passes ``compare``)."""
+    params = {k: ops.asarray(v) for k, v in net.init(0).items()}
+    state = opt.init(params)
+    losses, first = [], None
+    for step in range(steps):
+        value, grads = net.meta_value_and_grad(params, pairs.batch(step))
+        first = flat({k: v for k, v in grads.items() if compare(k)}) if first is None else first
+        params, state = opt.update(params, grads, state)
+        losses.append(float(ops.to_numpy(value)))
+    return np.array(losses), {k: ops.to_numpy(v) for k, v in params.items()}, first
+
+
+def test_softmax_loss_parity_float64(float64, both_backends):
+    lt, pt, gt = _train_softmax("torch", 10)
+    lf, pf, gf = _train_softmax("tensorflow", 10)
+    assert np.all(np.isfinite(lt)) and lt[-1] < lt[0]
+    assert rel_diff(gt, gf) < 1e-9
+    assert np.max(np.abs(lt - lf) / np.abs(lt)) < 1e-9, (lt, lf)
+    # conv biases ahead of batch norm: exactly-zero true gradient, rounding noise that Adam scales to lr
+    keep = [k for k in pt if not (k.startswith("conv") and k.endswith(".bias"))]
+    assert rel_diff(flat({k: pt[k] for k in keep}), flat({k: pf[k] for k in keep})) < 1e-9
+
+
+def test_softmax_loss_parity_float32(both_backends):
+    lt, _, gt = _train_softmax("torch", 3)
+    lf, _, gf = _train_softmax("tensorflow", 3)
+    assert np.max(np.abs(lt - lf) / np.abs(lt)) < 1e-5, (lt, lf)
+    assert rel_diff(gt, gf) < 1e-5
 
 
 @pytest.mark.parametrize("pairs, optimizer, whole_step", [("all-in-batch", "koch-sgd", True),
@@ -238,16 +313,7 @@ def _train_koch(backend: str, steps: int):
                       koch_sgd={"layer_lr": {"head": 2.0, "*": 1.0}, "momentum": 0.9, "momentum_steps": 5,
                                 "l2": {"*": 1e-3}})
         pairs = PairSampler(ds, 8, seed=0, within_alphabet=0.5, alphabet_ids=alpha, augment=True)
-        params = {k: ops.asarray(v) for k, v in net.init(0).items()}
-        opt = net.outer_optimizer(StepDecay(0.05, 3, 0.99))
-        state = opt.init(params)
-        losses, first = [], None
-        for step in range(steps):
-            value, grads = net.meta_value_and_grad(params, pairs.batch(step))
-            first = flat(grads) if first is None else first
-            params, state = opt.update(params, grads, state)
-            losses.append(float(ops.to_numpy(value)))
-        return np.array(losses), {k: ops.to_numpy(v) for k, v in params.items()}, first
+        return _run_steps(net, pairs, net.outer_optimizer(StepDecay(0.05, 3, 0.99)), steps)
 
 
 def test_koch_recipe_parity_float64(float64, both_backends):
@@ -284,6 +350,7 @@ def test_bad_values():
     expect_value_error(lambda: Siamese(enc, head="relu"), "head in", "'relu'")
     expect_value_error(lambda: Siamese(enc, head_init="zeros"), "head_init in", "'zeros'")
     expect_value_error(lambda: Siamese(enc, optimizer="rmsprop"), "optimizer in", "'rmsprop'")
+    expect_value_error(lambda: Siamese(enc, loss="softmax"), "pairs='all-in-batch'", "pairs='independent'")
     expect_value_error(lambda: Siamese(enc, head_init="centred"), "probe", "probe=None")
     expect_value_error(lambda: Siamese(enc, optimizer="koch-sgd", koch_sgd={"momentum": 1.0}), "momentum", "1.0")
     expect_value_error(lambda: KochSGD(0.1, l2={"conv1": -1.0}), "l2 >= 0", "-1.0")
@@ -310,6 +377,9 @@ def test_bad_config_values():
     expect_value_error(lambda: cfg(siamese_init="he"), "siamese_init in", "'he'")
     expect_value_error(lambda: cfg(siamese_encoder="resnet"), "siamese_encoder in", "'resnet'")
     expect_value_error(lambda: cfg(siamese_optimizer="lamb"), "siamese_optimizer in", "'lamb'")
+    expect_value_error(lambda: cfg(siamese_loss="hinge"), "siamese_loss in", "'hinge'")
+    expect_value_error(lambda: cfg(alphabet_group=0), "alphabet_group >= 1", "0")
+    expect_value_error(lambda: cfg(siamese_loss="softmax"), "siamese_pairs='all-in-batch'", "'independent'")
     expect_value_error(lambda: cfg(within_alphabet=2.0), "within_alphabet", "2.0")
     expect_value_error(lambda: cfg(val_alphabets=20), "val_alphabets", "20")
     expect_value_error(lambda: cfg(layer_lr="head:10"), "layer_lr", "'head:10'")

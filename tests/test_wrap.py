@@ -353,6 +353,7 @@ NATIVE_MODELS = {
     "conv4": lambda: Conv4(4, input_shape=(16, 32, 2), channels=3),
     # 16 rows pad (0, 1) at stride 2 (TensorFlow's rule), 17 columns pad (1, 1).
     "conv4-strided": lambda: Conv4(4, input_shape=(16, 17, 1), channels=3, strided=True),
+    "conv4-no-last-pool": lambda: Conv4(4, input_shape=(20, 24, 1), channels=3, last_pool=False),
 }
 FRAMEWORKS = {"torch": "torch", "keras": "tensorflow"}
 

@@ -10,6 +10,16 @@
   steps: 12% free, 50% constrained; chance 20%).
 * ``loss="contrastive"`` (Hadsell, Chopra & LeCun 2006):
   ``0.5 * [y d² + (1 - y) max(margin - d, 0)²]`` with ``d`` the distance.
+* ``loss="softmax"`` (with ``pairs="all-in-batch"`` only): the same head's
+  logits, but each image's partner is *ranked* against the step's other
+  images — softmax cross-entropy of ``x1[i]`` against every ``x2[j]`` (target
+  ``j = i``), and of ``x2[j]`` against every ``x1[i]``, averaged: the N-pair
+  loss of Sohn (2016) with Koch's weighted-L1 head as the score. One-shot
+  recognition is a ranking of the support examples, and this loss trains that
+  ranking directly; the head's bias cancels in it (zero gradient). Measured on
+  28×28 Omniglot (Conv4, 64 characters a step, same seeds, validation episodes
+  within alphabets): 71.8 / 76.7 / 79.4 / 80.4 % at 500 … 2,000 steps against
+  65.8 / 70.3 / 73.3 / 75.4 % with the balanced BCE over the same pairs.
 
 Why the head's starting point matters (measured on Omniglot, 28×28, Koch's
 encoder with a 1024-wide sigmoid embedding): with ``v`` near 0 every weight is
@@ -55,21 +65,22 @@ from metabridge.nn.base import Model
 from metabridge.optim import update_via_apply
 
 DISTANCES = ("l1", "l2", "cosine")
-SIAMESE_LOSSES = ("bce", "contrastive")
+SIAMESE_LOSSES = ("bce", "contrastive", "softmax")
+_HEAD_LOSSES = ("bce", "softmax")  # the losses on the learned head's logit
 SIAMESE_HEADS = ("softplus", "free")
 SIAMESE_HEAD_INITS = ("centred", "koch", "glorot")  # None: centred with a probe
 SIAMESE_OPTIMIZERS = ("adam", "koch-sgd")
 SIAMESE_PAIRS = ("independent", "all-in-batch")
 #: The recipe's choices (``--siamese-init``, ``--siamese-encoder``).
 SIAMESE_INITS = ("default", "koch", "glorot")
-SIAMESE_ENCODERS = ("auto", "koch", "conv4", "conv4-32")
+SIAMESE_ENCODERS = ("auto", "koch", "conv4", "conv4-32", "conv4-spatial")
 _EPS = 1e-12  # keeps sqrt and the cosine norm differentiable at zero distance
 
 
 class Siamese(Model, Algorithm):
     """A Siamese network around an embedding ``encoder`` (any :class:`Model`).
 
-    Its parameters are the encoder's plus, for ``loss="bce"``, a head
+    Its parameters are the encoder's plus, for ``loss="bce"`` or ``"softmax"``, a head
     (``head.kernel`` = ``v``, ``head.bias`` = ``b``; logit ``b - softplus(v) · d``,
     or ``b + v · d`` with ``head="free"``): ``[embedding, 1]`` for the weighted
     L1 distance, ``[1, 1]`` on the scalar L2 / cosine distance. ``head_init``:
@@ -102,7 +113,7 @@ class Siamese(Model, Algorithm):
             raise ValueError(f"Expected margin > 0. Received: margin={margin!r}")
         if head_init is None:
             head_init = "centred" if probe is not None else "glorot"
-        if head_init == "centred" and probe is None and loss == "bce":
+        if head_init == "centred" and probe is None and loss in _HEAD_LOSSES:
             raise ValueError("Expected a probe pair batch (x1, x2) to centre the head on. Received: probe=None "
                              "with head_init='centred'")
         for name, value, choices in (("head", head, SIAMESE_HEADS), ("head_init", head_init, SIAMESE_HEAD_INITS),
@@ -110,6 +121,9 @@ class Siamese(Model, Algorithm):
                                      ("pairs", pairs, SIAMESE_PAIRS)):
             if value not in choices:
                 raise ValueError(f"Expected {name} in {choices}. Received: {name}={value!r}")
+        if loss == "softmax" and pairs != "all-in-batch":
+            raise ValueError("Expected pairs='all-in-batch' for loss='softmax' (it ranks each image's partner "
+                             f"against the batch's other images). Received: pairs={pairs!r}")
         self.encoder, self.distance, self.loss, self.margin = encoder, distance, loss, float(margin)
         self.head, self.head_init, self.optimizer, self.pairs = head, head_init, optimizer, pairs
         self.probe = probe  # (x1, x2), or a function returning them (called by init only)
@@ -126,7 +140,7 @@ class Siamese(Model, Algorithm):
 
     def param_shapes(self):
         shapes = dict(self.encoder.param_shapes())
-        if self.loss == "bce":
+        if self.loss in _HEAD_LOSSES:
             width = getattr(self.encoder, "embedding_dim", None) if self.distance == "l1" else 1
             if width is None:
                 raise ValueError("Expected an encoder with an embedding_dim for the weighted L1 head. "
@@ -146,7 +160,7 @@ class Siamese(Model, Algorithm):
         and bias N(0.5, 0.01)."""
         params = Model.init(self, seed)  # the generic start: encoder then head, one generator
         params.update(self.encoder.init(seed))
-        if self.loss != "bce" or self.head_init == "glorot":
+        if self.loss not in _HEAD_LOSSES or self.head_init == "glorot":
             return params
         shape, dtype = params["head.kernel"].shape, params["head.kernel"].dtype
         if self.head_init == "centred":
@@ -217,9 +231,9 @@ class Siamese(Model, Algorithm):
         return ops.reshape(params["head.bias"] - ops.matmul(feats, weights), (-1,))
 
     def pair_scores(self, params: dict, e1, e2):
-        """Similarity of embedding pairs (higher = more alike): the logit of
-        "same" for ``bce``, minus the distance for ``contrastive``."""
-        if self.loss == "bce":
+        """Similarity of embedding pairs (higher = more alike): the head's logit of
+        "same" for ``bce`` and ``softmax``, minus the distance for ``contrastive``."""
+        if self.loss in _HEAD_LOSSES:
             return self._same_logit(params, e1, e2)
         return -self._pair_distance(e1, e2)
 
@@ -237,10 +251,16 @@ class Siamese(Model, Algorithm):
 
     def _all_pairs_loss(self, params, e1, e2):
         """Every ``x1[i]`` with every ``x2[j]``: the ``k`` pairs ``i == j`` are the same class,
-        the ``k (k - 1)`` others different; the two halves weigh equally."""
+        the ``k (k - 1)`` others different; the two halves weigh equally (``bce``,
+        ``contrastive``), or each row and each column is a softmax over ``k`` candidates
+        whose target is the diagonal (``softmax``)."""
         k = int(ops.shape(e1)[0])
         eye = ops.asarray(np.eye(k))
         scores = self.pair_score_matrix(params, e1, e2)  # [k, k], row i: e1[i] against every e2[j]
+        if self.loss == "softmax":
+            rows = ops.sum(ops.log_softmax(scores, -1) * eye, -1)
+            cols = ops.sum(ops.log_softmax(ops.transpose(scores, (1, 0)), -1) * eye, -1)
+            return -0.5 * (ops.mean(rows) + ops.mean(cols))
         if self.loss == "bce":
             pos, neg = ops.softplus(-scores), ops.softplus(scores)  # -log σ(z), -log(1 - σ(z))
         else:

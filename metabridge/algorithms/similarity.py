@@ -44,7 +44,7 @@ def embedding_similarity(embed_fn: Callable, metric: str = "l2") -> Callable:
 
 def siamese_similarity(siamese, params: dict) -> Callable:
     """A ``similarity_fn`` from a :class:`metabridge.algorithms.Siamese`: its
-    :meth:`~Siamese.pair_scores` (the logit of "same" for ``bce``, minus the
+    :meth:`~Siamese.pair_scores` (the head's logit for ``bce`` and ``softmax``, minus the
     distance for ``contrastive``) between the embeddings of every test and
     training image, on the active backend. Predictions agree with
     :meth:`Siamese.one_shot_predictions`.

@@ -103,14 +103,15 @@ class PairSampler:
     pairs every ``x1[i]`` with every ``x2[j]``, the ``j != i`` pairs being the
     different ones (:class:`~metabridge.algorithms.Siamese` with
     ``pairs="all-in-batch"``). With ``within_alphabet > 0`` the classes come in
-    groups of 8 from one alphabet each, so many different pairs share an alphabet.
+    groups of ``alphabet_group`` (default 8) from one alphabet each, so many
+    different pairs share an alphabet.
 
     >>> x1, x2, same = PairSampler(dataset, batch_size=32, seed=0).batch(0)  # doctest: +SKIP
     >>> PairSampler(background, 128, seed=0, within_alphabet=0.5, augment=True)  # doctest: +SKIP
     """
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, seed: int = 0, within_alphabet: float = 0.0,
-                 augment: bool = False, alphabet_ids=None, all_pairs: bool = False):
+                 augment: bool = False, alphabet_ids=None, all_pairs: bool = False, alphabet_group: int = 8):
         self.batch_size = _check_int("batch_size", batch_size, 2)
         self.seed = _check_int("seed", seed, 0)
         if dataset.num_classes < 2:
@@ -126,6 +127,7 @@ class PairSampler:
             raise ValueError(f"Expected 0 <= within_alphabet <= 1. Received: within_alphabet={within_alphabet!r}")
         if not isinstance(augment, bool):
             raise ValueError(f"Expected augment true or false. Received: augment={augment!r}")
+        self.alphabet_group = _check_int("alphabet_group", alphabet_group, 1)
         if not isinstance(all_pairs, bool):
             raise ValueError(f"Expected all_pairs true or false. Received: all_pairs={all_pairs!r}")
         if all_pairs and self.batch_size > dataset.num_classes:
@@ -153,9 +155,9 @@ class PairSampler:
             return rng.choice(k, size=n, replace=False)
         out: list = []
         order = rng.permutation(len(self._alphabet_classes))
-        for a in order:  # groups of up to 8 classes of one alphabet
+        for a in order:  # groups of up to alphabet_group classes of one alphabet
             members = self._alphabet_classes[a]
-            take = min(8, len(members), n - len(out))
+            take = min(self.alphabet_group, len(members), n - len(out))
             out.extend(rng.choice(members, size=take, replace=False).tolist())
             if len(out) == n:
                 break

@@ -11,7 +11,9 @@ class Conv4(Model):
     """4 × [3×3 conv ``channels``, batch norm, ReLU, 2×2 max-pool] (+ optional dense head).
 
     ``strided=True`` is MAML's Omniglot variant: stride-2 ``"same"`` convs, no
-    pooling, features averaged over space. With ``out_features`` a dense head
+    pooling, features averaged over space. ``last_pool=False`` skips the fourth
+    max-pool, so the features keep the last layer's spatial map (3×3×64 = 576
+    for 28×28 inputs). With ``out_features`` a dense head
     ``head.kernel``/``head.bias`` maps the features to logits; without one the
     model is an embedding (ProtoNet style).
 
@@ -21,13 +23,16 @@ class Conv4(Model):
     """
 
     def __init__(self, out_features: int | None = None, input_shape=(28, 28, 1),
-                 channels: int = 64, strided: bool = False):
+                 channels: int = 64, strided: bool = False, last_pool: bool = True):
         self.input_shape = check_image_shape(input_shape, "Conv4")
         if out_features is not None and (not isinstance(out_features, int) or out_features < 1):
             raise ValueError(f"Expected out_features >= 1 or None. Received: out_features={out_features!r}")
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"Expected channels >= 1. Received: channels={channels!r}")
-        self.out_features, self.channels, self.strided = out_features, channels, strided
+        if not isinstance(last_pool, bool) or (strided and not last_pool):
+            raise ValueError(f"Expected last_pool true or false, and true with strided=True (no pooling). "
+                             f"Received: last_pool={last_pool!r}, strided={strided!r}")
+        self.out_features, self.channels, self.strided, self.last_pool = out_features, channels, strided, last_pool
         h, w, _ = self.input_shape
         for _ in range(4):
             h, w = ((h + 1) // 2, (w + 1) // 2) if strided else (h // 2, w // 2)
@@ -36,6 +41,8 @@ class Conv4(Model):
                     f"Expected input_shape large enough for 4 pooling stages (at least 16x16). "
                     f"Received: input_shape={tuple(input_shape)}"
                 )
+        if not last_pool:
+            h, w = self.input_shape[0] // 8, self.input_shape[1] // 8
         self.feature_dim = channels if strided else h * w * channels
 
     def param_shapes(self):
@@ -71,7 +78,7 @@ class Conv4(Model):
             x, updates = batch_norm(params, f"bn{i}", x, state, training)
             new_state.update(updates)
             x = ops.relu(x)
-            if not self.strided:
+            if not self.strided and (i < 4 or self.last_pool):
                 x = ops.max_pool2d(x, 2)
         return (ops.mean(x, (1, 2)) if self.strided else ops.flatten(x)), new_state
 

@@ -132,12 +132,13 @@ class KochEncoder(Model):
 
 class Conv4Embedding(Conv4):
     """Conv4 with batch norm and no head (64 channels by default), as a Siamese
-    encoder: its flattened features are the embedding (``embedding_dim`` of them).
+    encoder: its flattened features are the embedding (``embedding_dim`` of them);
+    ``last_pool=False`` keeps the last layer's spatial map (see :class:`Conv4`).
 
-    >>> Conv4Embedding((28, 28, 1)).embedding_dim
-    64
+    >>> Conv4Embedding((28, 28, 1)).embedding_dim, Conv4Embedding((28, 28, 1), last_pool=False).embedding_dim
+    (64, 576)
     """
 
-    def __init__(self, input_shape=(28, 28, 1), channels: int = 64):
-        super().__init__(None, input_shape=input_shape, channels=channels)
+    def __init__(self, input_shape=(28, 28, 1), channels: int = 64, last_pool: bool = True):
+        super().__init__(None, input_shape=input_shape, channels=channels, last_pool=last_pool)
         self.embedding_dim = self.feature_dim

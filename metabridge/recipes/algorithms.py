@@ -7,8 +7,8 @@ True
 from __future__ import annotations
 
 from metabridge.algorithms import ANIL, MAML, MatchingNet, MetaSGD, ProtoNet, Reptile, Siamese
-from metabridge.algorithms.siamese import (SIAMESE_ENCODERS, SIAMESE_HEADS, SIAMESE_INITS, SIAMESE_OPTIMIZERS,
-                                           SIAMESE_PAIRS, KochSGD)
+from metabridge.algorithms.siamese import (SIAMESE_ENCODERS, SIAMESE_HEADS, SIAMESE_INITS, SIAMESE_LOSSES,
+                                           SIAMESE_OPTIMIZERS, SIAMESE_PAIRS, KochSGD)
 from metabridge.nn import KochEncoder, SmallConvEncoder
 from metabridge.nn.siamese_encoders import Conv4Embedding
 from metabridge.recipes.registry import Recipe, register_recipe
@@ -30,9 +30,11 @@ def siamese_encoder(input_shape: tuple, kind: str = "auto", init: str = "glorot"
     105×105; narrower kernels and a 1024-wide embedding for 28×28); ``"koch"``
     forces Koch's; ``"conv4"`` is Conv4 with batch norm (64 channels, the
     flattened features as embedding), ``"conv4-32"`` the same with 32 channels
-    (about 3x faster on a CPU). ``init="koch"``: the paper's initialisation."""
-    if kind in ("conv4", "conv4-32"):
-        return Conv4Embedding(input_shape, channels=64 if kind == "conv4" else 32)
+    (about 3x faster on a CPU), ``"conv4-spatial"`` Conv4 without its last
+    max-pool (the embedding keeps the 3×3 map: 576 wide at 28×28). ``init="koch"``:
+    the paper's initialisation."""
+    if kind in ("conv4", "conv4-32", "conv4-spatial"):
+        return Conv4Embedding(input_shape, channels=32 if kind == "conv4-32" else 64, last_pool=kind != "conv4-spatial")
     if kind == "auto" and input_shape[0] < 28:
         return SmallConvEncoder(input_shape=input_shape)
     if input_shape[0] >= 105:
@@ -62,7 +64,7 @@ def _siamese(c, encoder, dataset):
                     "layer_lr": {"*": 1.0, **_layer_lr(c.layer_lr)}}
     head_init = {"default": "centred", "koch": "koch", "glorot": "glorot"}[c.siamese_init]
     probe = None
-    if head_init == "centred" and c.siamese_loss == "bce":
+    if head_init == "centred" and c.siamese_loss in ("bce", "softmax"):
         def probe():  # the head starts centred on the first training batch's pairs (see Siamese)
             return dataset.sources(c, "pairs").train.batch(0)[:2]
     return Siamese(encoder, c.distance, c.siamese_loss, head=c.siamese_head, head_init=head_init,
@@ -72,9 +74,12 @@ def _siamese(c, encoder, dataset):
 def _siamese_checks(c) -> None:
     for name, choices in (("siamese_head", SIAMESE_HEADS), ("siamese_init", SIAMESE_INITS),
                           ("siamese_encoder", SIAMESE_ENCODERS), ("siamese_optimizer", SIAMESE_OPTIMIZERS),
-                          ("siamese_pairs", SIAMESE_PAIRS)):
+                          ("siamese_pairs", SIAMESE_PAIRS), ("siamese_loss", SIAMESE_LOSSES)):
         if getattr(c, name) not in choices:
             raise ValueError(f"Expected {name} in {choices}. Received: {name}={getattr(c, name)!r}")
+    if c.siamese_loss == "softmax" and c.siamese_pairs != "all-in-batch":
+        raise ValueError("Expected siamese_pairs='all-in-batch' for siamese_loss='softmax' (it ranks each image's "
+                         f"partner against the step's other images). Received: siamese_pairs={c.siamese_pairs!r}")
     if c.momentum_steps is not None and (not isinstance(c.momentum_steps, int) or c.momentum_steps < 1):
         raise ValueError(f"Expected momentum_steps >= 1. Received: momentum_steps={c.momentum_steps!r}")
     _layer_lr(c.layer_lr)

@@ -129,12 +129,12 @@ def omniglot_sources(c, trains_on: str) -> Sources:
         test = _within_alphabet(evaluation, test_names, c.test_ways, c.seed + 1)
         val = _within_alphabet(evaluation, val_names, c.test_ways, c.seed + 2) if val_names else None
         describe = {"dataset": c.dataset, "split": "lake", "train": "background (pairs)",
-                    "within_alphabet": c.within_alphabet, "augment": c.augment, "pairs": c.siamese_pairs,
+                    "within_alphabet": c.within_alphabet, "alphabet_group": c.alphabet_group, "augment": c.augment, "pairs": c.siamese_pairs,
                     "test": "evaluation, within-alphabet one-shot", "test_alphabets": test_names,
                     "val_alphabets": val_names, "rotations": "none", "image_size": size,
                     "source": "archives" if c.data_dir else "embedded"}
         pairs = PairSampler(background, c.meta_batch, c.seed, within_alphabet=c.within_alphabet,
-                            augment=c.augment, alphabet_ids=background.alphabet,
+                            augment=c.augment, alphabet_ids=background.alphabet, alphabet_group=c.alphabet_group,
                             all_pairs=c.siamese_pairs == "all-in-batch")
         return Sources((size, size, 1), train=pairs, test=test, val=val, describe=describe)
     data = _omniglot(c, "all" if c.split == "vinyals" else "background")

@@ -76,6 +76,7 @@ class ExperimentConfig:
     l2: float = 0.0
     layer_lr: str | None = None
     within_alphabet: float = 0.5
+    alphabet_group: int = 8
     augment: bool = False
     val_alphabets: int = 10
     siamese_pairs: str = "independent"
@@ -134,6 +135,8 @@ class ExperimentConfig:
         if not (isinstance(c.within_alphabet, (int, float)) and not isinstance(c.within_alphabet, bool)
                 and 0 <= c.within_alphabet <= 1):
             raise ValueError(f"Expected 0 <= within_alphabet <= 1. Received: within_alphabet={c.within_alphabet!r}")
+        if not isinstance(c.alphabet_group, int) or isinstance(c.alphabet_group, bool) or c.alphabet_group < 1:
+            raise ValueError(f"Expected alphabet_group >= 1. Received: alphabet_group={c.alphabet_group!r}")
         if not isinstance(c.val_alphabets, int) or isinstance(c.val_alphabets, bool) or not 0 <= c.val_alphabets <= 19:
             raise ValueError(f"Expected 0 <= val_alphabets <= 19. Received: val_alphabets={c.val_alphabets!r}")
         if recipe.validate is not None:

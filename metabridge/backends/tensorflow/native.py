@@ -293,7 +293,7 @@ def build(spec: dict, params: dict[str, np.ndarray], state: dict | None) -> kera
                                       padding="same", dtype=dtype, name=f"conv{i}"))
         model.add(keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, dtype=dtype, name=f"bn{i}"))
         model.add(keras.layers.ReLU(dtype=dtype, name=f"relu{i}"))
-        if not spec["strided"]:
+        if spec["pools"][i - 1]:
             model.add(keras.layers.MaxPooling2D(2, dtype=dtype, name=f"pool{i}"))
         mean = state[f"bn{i}.running_mean"] if state is not None else np.zeros(kernel.shape[3], dtype)
         var = state[f"bn{i}.running_var"] if state is not None else np.ones(kernel.shape[3], dtype)

@@ -298,7 +298,7 @@ def _conv4_layers(spec: dict, params: dict, state: dict | None, dtype: torch.dty
                 bn.running_mean.copy_(_tensor(state[f"bn{i}.running_mean"]))
                 bn.running_var.copy_(_tensor(state[f"bn{i}.running_var"]))
         layers += [conv, bn, nn.ReLU()]
-        if not spec["strided"]:
+        if spec["pools"][i - 1]:
             layers.append(nn.MaxPool2d(2))
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if spec["strided"] else [nn.Flatten()]
     if "head.kernel" in params:
