@@ -66,7 +66,7 @@ from metabridge.optim import update_via_apply
 
 DISTANCES = ("l1", "l2", "cosine")
 SIAMESE_LOSSES = ("bce", "contrastive", "softmax")
-_HEAD_LOSSES = ("bce", "softmax")  # the losses on the learned head's logit
+SIAMESE_HEAD_LOSSES = ("bce", "softmax")  # the losses on the learned head's logit
 SIAMESE_HEADS = ("softplus", "free")
 SIAMESE_HEAD_INITS = ("centred", "koch", "glorot")  # None: centred with a probe
 SIAMESE_OPTIMIZERS = ("adam", "koch-sgd")
@@ -113,7 +113,7 @@ class Siamese(Model, Algorithm):
             raise ValueError(f"Expected margin > 0. Received: margin={margin!r}")
         if head_init is None:
             head_init = "centred" if probe is not None else "glorot"
-        if head_init == "centred" and probe is None and loss in _HEAD_LOSSES:
+        if head_init == "centred" and probe is None and loss in SIAMESE_HEAD_LOSSES:
             raise ValueError("Expected a probe pair batch (x1, x2) to centre the head on. Received: probe=None "
                              "with head_init='centred'")
         for name, value, choices in (("head", head, SIAMESE_HEADS), ("head_init", head_init, SIAMESE_HEAD_INITS),
@@ -140,7 +140,7 @@ class Siamese(Model, Algorithm):
 
     def param_shapes(self):
         shapes = dict(self.encoder.param_shapes())
-        if self.loss in _HEAD_LOSSES:
+        if self.loss in SIAMESE_HEAD_LOSSES:
             width = getattr(self.encoder, "embedding_dim", None) if self.distance == "l1" else 1
             if width is None:
                 raise ValueError("Expected an encoder with an embedding_dim for the weighted L1 head. "
@@ -160,7 +160,7 @@ class Siamese(Model, Algorithm):
         and bias N(0.5, 0.01)."""
         params = Model.init(self, seed)  # the generic start: encoder then head, one generator
         params.update(self.encoder.init(seed))
-        if self.loss not in _HEAD_LOSSES or self.head_init == "glorot":
+        if self.loss not in SIAMESE_HEAD_LOSSES or self.head_init == "glorot":
             return params
         shape, dtype = params["head.kernel"].shape, params["head.kernel"].dtype
         if self.head_init == "centred":
@@ -233,7 +233,7 @@ class Siamese(Model, Algorithm):
     def pair_scores(self, params: dict, e1, e2):
         """Similarity of embedding pairs (higher = more alike): the head's logit of
         "same" for ``bce`` and ``softmax``, minus the distance for ``contrastive``."""
-        if self.loss in _HEAD_LOSSES:
+        if self.loss in SIAMESE_HEAD_LOSSES:
             return self._same_logit(params, e1, e2)
         return -self._pair_distance(e1, e2)
 

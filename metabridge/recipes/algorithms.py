@@ -7,8 +7,8 @@ True
 from __future__ import annotations
 
 from metabridge.algorithms import ANIL, MAML, MatchingNet, MetaSGD, ProtoNet, Reptile, Siamese
-from metabridge.algorithms.siamese import (SIAMESE_ENCODERS, SIAMESE_HEADS, SIAMESE_INITS, SIAMESE_LOSSES,
-                                           SIAMESE_OPTIMIZERS, SIAMESE_PAIRS, KochSGD)
+from metabridge.algorithms.siamese import (SIAMESE_ENCODERS, SIAMESE_HEAD_LOSSES, SIAMESE_HEADS, SIAMESE_INITS,
+                                           SIAMESE_LOSSES, SIAMESE_OPTIMIZERS, SIAMESE_PAIRS, KochSGD)
 from metabridge.nn import KochEncoder, SmallConvEncoder
 from metabridge.nn.siamese_encoders import Conv4Embedding
 from metabridge.recipes.registry import Recipe, register_recipe
@@ -64,7 +64,7 @@ def _siamese(c, encoder, dataset):
                     "layer_lr": {"*": 1.0, **_layer_lr(c.layer_lr)}}
     head_init = {"default": "centred", "koch": "koch", "glorot": "glorot"}[c.siamese_init]
     probe = None
-    if head_init == "centred" and c.siamese_loss in ("bce", "softmax"):
+    if head_init == "centred" and c.siamese_loss in SIAMESE_HEAD_LOSSES:
         def probe():  # the head starts centred on the first training batch's pairs (see Siamese)
             return dataset.sources(c, "pairs").train.batch(0)[:2]
     return Siamese(encoder, c.distance, c.siamese_loss, head=c.siamese_head, head_init=head_init,

@@ -129,7 +129,8 @@ def omniglot_sources(c, trains_on: str) -> Sources:
         test = _within_alphabet(evaluation, test_names, c.test_ways, c.seed + 1)
         val = _within_alphabet(evaluation, val_names, c.test_ways, c.seed + 2) if val_names else None
         describe = {"dataset": c.dataset, "split": "lake", "train": "background (pairs)",
-                    "within_alphabet": c.within_alphabet, "alphabet_group": c.alphabet_group, "augment": c.augment, "pairs": c.siamese_pairs,
+                    "within_alphabet": c.within_alphabet, "alphabet_group": c.alphabet_group, "augment": c.augment,
+                    "pairs": c.siamese_pairs,
                     "test": "evaluation, within-alphabet one-shot", "test_alphabets": test_names,
                     "val_alphabets": val_names, "rotations": "none", "image_size": size,
                     "source": "archives" if c.data_dir else "embedded"}
