@@ -63,6 +63,8 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outer-lr", type=float, default=S, help="Adam learning rate (default 1e-3)")
     p.add_argument("--lr-decay-every", type=int, default=S, help="multiply the outer lr by --lr-decay this often")
     p.add_argument("--lr-decay", type=float, default=S, help="step-decay factor (default 0.5)")
+    p.add_argument("--ema-decay", type=float, default=S,
+                   help="evaluate an exponential moving average of the parameters with this decay, e.g. 0.998")
     p.add_argument("--seed", type=int, default=S)
     p.add_argument("--floatx", choices=config.FLOATX_CHOICES, default=S, help="default float32")
     p.add_argument("--eager", dest="compiled", action="store_const", const=False, default=S,

@@ -145,6 +145,80 @@ class Adam:
         return update_via_apply(self, params, grads, state)
 
 
+class ParameterAverage:
+    """``opt`` that also keeps an exponential moving average of the parameters
+    (Polyak averaging), for evaluation: slot ``avg.<name>`` holds
+
+        avg_t = sum_s (1 - decay) decay^(t-s) params_s / (1 - decay^t)
+
+    over the parameters after updates ``s = 1..t``, i.e. the moving average
+    started at zero and divided by its weight (Adam's bias correction), so
+    ``avg_1`` is the first update's parameters. It is kept as
+    ``avg += w_t (params - avg)`` with ``w_t = (1 - decay) / (1 - decay^t)``, one
+    scalar per step, so it compiles with the update. Training uses the raw
+    parameters; :meth:`averaged` (or :func:`averaged_params`) reads the average.
+
+    >>> opt = ParameterAverage(Adam(3e-3), decay=0.998)
+    >>> state = opt.init(params)                                            # doctest: +SKIP
+    >>> params, state = opt.update(params, grads, state)                    # doctest: +SKIP
+    >>> evaluated = opt.averaged(params, state)                             # doctest: +SKIP
+    """
+
+    prefix = "avg."
+
+    def __init__(self, opt, decay: float):
+        if not hasattr(opt, "apply"):
+            raise ValueError(f"Expected an optimizer with scalars() and apply() to average. "
+                             f"Received: {type(opt).__name__}")
+        if not (isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0.0 < decay < 1.0):
+            raise ValueError(f"Expected 0 < decay < 1. Received: decay={decay!r}")
+        self.opt, self.decay = opt, float(decay)
+
+    def init(self, params: dict) -> dict:
+        state = self.opt.init(params)
+        state.update({self.prefix + k: ops.asarray(v) for k, v in params.items()})
+        return state
+
+    def scalars(self, step: int) -> dict:
+        inner = self.opt.scalars(step)
+        if "avg_weight" in inner:
+            raise ValueError(f"Expected an optimizer without a scalar named avg_weight. Received: {inner}")
+        t = step + 1
+        return {**inner, "avg_weight": (1.0 - self.decay) / (1.0 - self.decay ** t)}
+
+    def apply(self, params: dict, grads: dict, slots: dict, scalars: dict) -> tuple[dict, dict]:
+        inner = {k: v for k, v in slots.items() if not k.startswith(self.prefix)}
+        new_params, new_slots = self.opt.apply(params, grads, inner, {k: v for k, v in scalars.items()
+                                                                      if k != "avg_weight"})
+        w = scalars["avg_weight"]
+        for k, p in new_params.items():
+            avg = slots[self.prefix + k]
+            new_slots[self.prefix + k] = avg + w * (p - avg)
+        return new_params, new_slots
+
+    def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
+        return update_via_apply(self, params, grads, state)
+
+    def averaged(self, params: dict, state: dict) -> dict:
+        """The averaged parameters (``params`` before the first update)."""
+        return averaged_params(params, state)
+
+
+def averaged_params(params: dict, slots: dict) -> dict:
+    """The :class:`ParameterAverage` average held in an optimizer state or a
+    checkpoint's slots, or ``params`` themselves when there is none.
+
+    >>> evaluated = averaged_params(params, state)                          # doctest: +SKIP
+    """
+    prefix = ParameterAverage.prefix
+    if not any(k.startswith(prefix) for k in slots):
+        return params
+    missing = [k for k in params if prefix + k not in slots]
+    if missing:
+        raise ValueError(f"Expected an average of every parameter. Received: none for {missing[:3]}")
+    return {k: slots[prefix + k] for k in params}
+
+
 def _slots(state: dict) -> dict:
     """An optimizer state's tensors (everything but the update count ``"step"``)."""
     return {k: v for k, v in state.items() if k != "step"}

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from metabridge.optim import averaged_params
 from metabridge.utils.atomic import atomic_file
 from metabridge.utils.bounded import MAX_JSON_BYTES, FileFormatError, parse_json, read_bounded
 
@@ -306,6 +307,8 @@ def load_latest(directory: str, expected: Expected | None = None,
 
 def latest_params(directory: str, expected: Expected | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """``(parameters, metadata)`` of the newest valid checkpoint; a clear error when there is none.
+    For a run with ``ema_decay`` the parameters are the average that the run evaluates
+    (:class:`metabridge.optim.ParameterAverage`), not the last update's.
 
     >>> params, meta = latest_params("runs/a/checkpoints")   # doctest: +SKIP
     """
@@ -314,8 +317,8 @@ def latest_params(directory: str, expected: Expected | None = None) -> tuple[dic
     if saved is None:
         raise CheckpointError(f"Expected at least one valid checkpoint in {directory}. Received: none"
                               + (f" ({'; '.join(reasons)})" if reasons else ""))
-    params, _, _ = split_tensors(saved[0])
-    return params, saved[1]
+    params, slots, _ = split_tensors(saved[0])
+    return averaged_params(params, slots), saved[1]
 
 
 def split_tensors(tensors: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:

@@ -15,7 +15,7 @@ import numpy as np
 from metabridge import config, ops
 from metabridge.data import Episode, PairBatch, TaskBatch
 from metabridge.data.omniglot_splits import OMNIGLOT_ROTATIONS, OMNIGLOT_SPLITS
-from metabridge.optim import StepDecay
+from metabridge.optim import ParameterAverage, StepDecay
 from metabridge.train.distributed import split_check
 from metabridge.train.limits import check_memory
 from metabridge.train.stepper import MAX_BATCH_BYTES, STEPS_PER_CALL
@@ -50,6 +50,8 @@ class ExperimentConfig:
     outer_lr: float = 1e-3
     lr_decay_every: int | None = None
     lr_decay: float = 0.5
+    # Exponential moving average of the parameters (optim.ParameterAverage), evaluated instead of them.
+    ema_decay: float | None = None
     seed: int = 0
     floatx: str = "float32"
     compiled: bool = True
@@ -126,6 +128,9 @@ class ExperimentConfig:
                              f"only {able} can change ways). Received: ways={c.ways}, test_ways={c.test_ways}")
         if c.lr_decay_every is not None:
             StepDecay(c.outer_lr, c.lr_decay_every, c.lr_decay)  # validates both
+        if c.ema_decay is not None and not (isinstance(c.ema_decay, (int, float))
+                                            and not isinstance(c.ema_decay, bool) and 0 < c.ema_decay < 1):
+            raise ValueError(f"Expected 0 < ema_decay < 1 (or none). Received: ema_decay={c.ema_decay!r}")
         if not isinstance(c.transductive, bool):
             raise ValueError(f"Expected transductive true or false. Received: transductive={c.transductive!r}")
         if not c.transductive and "transductive" not in recipe.options:
@@ -227,10 +232,12 @@ class Experiment:
         return self.algorithm.init(seed)
 
     def optimizer(self):
-        """The outer optimizer: the algorithm's, with the config's learning rate (or step decay)."""
+        """The outer optimizer: the algorithm's, with the config's learning rate (or step decay),
+        keeping an average of the parameters with ``ema_decay``."""
         c = self.c
         lr = c.outer_lr if c.lr_decay_every is None else StepDecay(c.outer_lr, c.lr_decay_every, c.lr_decay)
-        return self.algorithm.outer_optimizer(lr)
+        opt = self.algorithm.outer_optimizer(lr)
+        return opt if c.ema_decay is None else ParameterAverage(opt, c.ema_decay)
 
     def train_batch(self, step: int, share: tuple[int, int] = (0, 1)):
         """Training batch ``step`` (a function of ``(seed, step)``), shaped for the model.

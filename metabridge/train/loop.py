@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from metabridge import config, ops
-from metabridge.optim import CompiledUpdate, finite_probe
+from metabridge.optim import CompiledUpdate, averaged_params, finite_probe
 from metabridge.train import distributed
 from metabridge.utils.progress import progress
 from metabridge.train.checkpoint import (
@@ -309,15 +309,16 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 records = [{"step": step, "loss": value, "seconds": round(seconds, 4)}]
                 if schedule is not None and schedule.eval_every and (step + 1) % schedule.eval_every == 0:
                     offset = 0 if monitor == "val_" else VALIDATION_OFFSET
-                    values = setup.evaluate(params, episodes=schedule.eval_episodes, offset=offset,
+                    evaluated = averaged_params(params, state)  # the average with ema_decay
+                    values = setup.evaluate(evaluated, episodes=schedule.eval_episodes, offset=offset,
                                             validation=True, workers=workers)[1]
                     mean, ci = mean_ci95(values)
                     records.append({"step": step, monitor + setup.metric_name: mean, monitor + "ci95": ci})
                     if keep_best and _better(mean, best, setup.metric_name):
-                        best = (mean, step + 1, params)
+                        best = (mean, step + 1, evaluated)
                         if run is not None:
                             save_checkpoint(run.best, step + 1, {f"params/{k}": ops.to_numpy(v)
-                                                                 for k, v in params.items()},
+                                                                 for k, v in evaluated.items()},
                                             {"opt_step": step + 1, "val_metric": mean, "metric_name":
                                              setup.metric_name, "backend": name, "floatx": c.floatx,
                                              "algo": c.algo, "run_id": run.id,
@@ -346,10 +347,11 @@ def train(cfg: ExperimentConfig, backend: str, run: RunDir | None = None, quiet:
                 run.append_metrics(pending)
             trained_steps = max(c.steps - start, 1)
             seconds_per_step = (time.perf_counter() - t0) / trained_steps
-            tested = best[2] if best is not None else params  # keep_best: the best validated parameters
+            evaluated = averaged_params(params, state)
+            tested = best[2] if best is not None else evaluated  # keep_best: the best validated parameters
             metric_name, values = setup.evaluate(tested, workers=workers)
             mean, ci = mean_ci95(values)
-            numpy_params = {k: ops.to_numpy(v) for k, v in params.items()}
+            numpy_params = {k: ops.to_numpy(v) for k, v in evaluated.items()}
             result = RunResult(name, losses, metric_name, mean, ci, seconds_per_step, numpy_params,
                                setup.sources.describe, tested_step=best[1] if best is not None else c.steps)
             if run is not None:
