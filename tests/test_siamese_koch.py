@@ -88,10 +88,11 @@ def test_all_pairs_batches():
     expect_value_error(lambda: PairSampler(ds, 8, alphabet_group=0), "alphabet_group", "0")
 
 
-@pytest.mark.parametrize("loss", ["bce", "contrastive", "softmax"])
-def test_all_pairs_loss_matches_numpy(backend, float64, loss):
+@pytest.mark.parametrize("loss,distance", [("bce", "l1"), ("contrastive", "l2"), ("softmax", "l1"),
+                                           ("softmax", "l2")])
+def test_all_pairs_loss_matches_numpy(backend, float64, loss, distance):
     net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1), filters=(4, 8), embedding=16), loss=loss,
-                  distance="l2" if loss == "contrastive" else "l1", margin=1.5, pairs="all-in-batch")
+                  distance=distance, margin=1.5, pairs="all-in-batch")
     params = perturbed_init(net, seed=4)
     ds = load_digits("train", dtype="float64")
     x1, x2, same = PairSampler(ds, 5, seed=1, all_pairs=True).batch(0)
@@ -100,9 +101,10 @@ def test_all_pairs_loss_matches_numpy(backend, float64, loss):
     if loss == "contrastive":
         d = np.linalg.norm(e1[:, None] - e2[None], axis=-1)
         pos, neg = 0.5 * d ** 2, 0.5 * np.maximum(1.5 - d, 0.0) ** 2
-    else:
+    else:  # the softplus head on the L1 vector or on the scalar L2 distance
         w, b = np.logaddexp(0.0, params["head.kernel"]), params["head.bias"]
-        z = np.array([[(b - np.abs(e1[i] - e2[j]) @ w)[0] for j in range(k)] for i in range(k)])
+        feats = ((lambda u: np.abs(u)) if distance == "l1" else (lambda u: np.linalg.norm(u, keepdims=True)))
+        z = np.array([[(b - feats(e1[i] - e2[j]) @ w)[0] for j in range(k)] for i in range(k)])
         pos, neg = np.logaddexp(0.0, -z), np.logaddexp(0.0, z)
     off = ~np.eye(k, dtype=bool)
     want = 0.5 * np.mean(np.diag(pos)) + 0.5 * np.mean(neg[off])
@@ -115,9 +117,10 @@ def test_all_pairs_loss_matches_numpy(backend, float64, loss):
     expect_value_error(lambda: net.value_and_grad(params, x1, x2, np.zeros_like(same)), "all-in-batch")
 
 
-def test_softmax_loss_gradient_matches_finite_differences(backend, float64):
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_softmax_loss_gradient_matches_finite_differences(backend, float64, distance):
     net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1), filters=(4,), embedding=8), loss="softmax",
-                  pairs="all-in-batch")
+                  pairs="all-in-batch", distance=distance)
     params = perturbed_init(net, seed=5)
     rng = np.random.default_rng(5)
     x1, x2 = rng.uniform(size=(5, 8, 8, 1)), rng.uniform(size=(5, 8, 8, 1))  # no ties in max-pool
@@ -129,9 +132,10 @@ def test_softmax_loss_gradient_matches_finite_differences(backend, float64):
                                    rng, directions=3)
 
 
-def _train_softmax(backend: str, steps: int):
+def _train_softmax(backend: str, steps: int, distance: str = "l1"):
     """The 28x28 recipe's loss in small: softmax over all-in-batch pairs, centred
-    softplus head, batch-norm Conv4, distorted pairs within 'alphabets', Adam."""
+    softplus head (on the L1 vector or the L2 distance), batch-norm Conv4,
+    distorted pairs within 'alphabets', Adam."""
     from metabridge import optim
     from metabridge.nn.siamese_encoders import Conv4Embedding
 
@@ -140,7 +144,7 @@ def _train_softmax(backend: str, steps: int):
         ds = ArrayDataset(np.repeat(np.repeat(ds.x, 2, 1), 2, 2).astype(mb.floatx()), ds.y)
         pairs = PairSampler(ds, 6, seed=1, within_alphabet=0.5, alphabet_ids=alpha, augment=True, all_pairs=True)
         net = Siamese(Conv4Embedding((16, 16, 1), channels=4), loss="softmax", pairs="all-in-batch",
-                      probe=pairs.batch(0)[:2])
+                      probe=pairs.batch(0)[:2], distance=distance)
         # conv biases ahead of batch norm: a true gradient of 0, rounding noise, left out of the first gradient
         return _run_steps(net, pairs, optim.Adam(1e-2), steps,
                           compare=lambda k: not (k.startswith("conv") and k.endswith(".bias")))
@@ -160,9 +164,10 @@ def _run_steps(net, pairs, opt, steps, compare=lambda name: True):
     return np.array(losses), {k: ops.to_numpy(v) for k, v in params.items()}, first
 
 
-def test_softmax_loss_parity_float64(float64, both_backends):
-    lt, pt, gt = _train_softmax("torch", 10)
-    lf, pf, gf = _train_softmax("tensorflow", 10)
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_softmax_loss_parity_float64(float64, both_backends, distance):
+    lt, pt, gt = _train_softmax("torch", 10, distance)
+    lf, pf, gf = _train_softmax("tensorflow", 10, distance)
     assert np.all(np.isfinite(lt)) and lt[-1] < lt[0]
     assert rel_diff(gt, gf) < 1e-9
     assert np.max(np.abs(lt - lf) / np.abs(lt)) < 1e-9, (lt, lf)
@@ -171,9 +176,10 @@ def test_softmax_loss_parity_float64(float64, both_backends):
     assert rel_diff(flat({k: pt[k] for k in keep}), flat({k: pf[k] for k in keep})) < 1e-9
 
 
-def test_softmax_loss_parity_float32(both_backends):
-    lt, _, gt = _train_softmax("torch", 3)
-    lf, _, gf = _train_softmax("tensorflow", 3)
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_softmax_loss_parity_float32(both_backends, distance):
+    lt, _, gt = _train_softmax("torch", 3, distance)
+    lf, _, gf = _train_softmax("tensorflow", 3, distance)
     assert np.max(np.abs(lt - lf) / np.abs(lt)) < 1e-5, (lt, lf)
     assert rel_diff(gt, gf) < 1e-5
 
