@@ -15,6 +15,8 @@ torch (eager):
   torch hand-written   [reference] what a practitioner writes: NCHW, F.conv2d,
                        F.batch_norm(training=True), F.max_pool2d, F.cross_entropy,
                        autograd.grad(create_graph=True), one backward per task
+  torch tasks stacked  (--stacked) the same maths with the meta-batch as one computation:
+                       tasks stacked along the channels, one grouped convolution a layer
   torch composite BN/CE   the same loop with batch norm and cross-entropy built
                        from elementwise ops -- the "native" row the old version of
                        this script compared against (kept only as a labelled extra)
@@ -103,7 +105,10 @@ class TorchNative:
     ``bn="fused"``: F.batch_norm + F.cross_entropy (the reference);
     ``bn="composite"``: batch norm and cross-entropy from elementwise ops.
     ``mode="per-task"``: one backward per task (memory of one task's graph);
-    ``"summed"``: one backward of the mean task loss.
+    ``"summed"``: one backward of the mean task loss; ``"stacked"``: all tasks
+    in one computation, the tasks stacked along the channels and each layer one
+    grouped convolution (``groups`` = tasks) over the task's own copy of the
+    kernels; batch norm per channel is then per task, as in the loop.
     """
 
     def __init__(self, params_np: dict, bn: str = "fused", mode: str = "per-task", inner_steps: int = 1):
@@ -147,6 +152,38 @@ class TorchNative:
             w = {k: w[k] - INNER_LR * g for k, g in zip(self.names, grads)}
         return self.loss(self.forward(w, qx), qy)
 
+    def forward_stacked(self, w: dict, x):
+        """``[tasks, n, ways]`` logits of ``x`` ``[tasks, n, 1, H, W]``; ``w`` has a leading task axis."""
+        import torch.nn.functional as F
+
+        t, n = x.shape[:2]
+        x = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:]).contiguous(
+            memory_format=self.torch.channels_last)
+        for i, name in enumerate(LAYERS, start=1):
+            k = w[f"{name}.kernel"]
+            x = F.conv2d(x, k.reshape(-1, *k.shape[2:]), w[f"{name}.bias"].reshape(-1), padding=1, groups=t)
+            x = F.batch_norm(x, None, None, w[f"bn{i}.scale"].reshape(-1), w[f"bn{i}.offset"].reshape(-1),
+                             training=True, eps=BN_EPS)
+            x = F.max_pool2d(F.relu(x), 2)
+        x = x.reshape(n, t, -1, *x.shape[2:]).permute(1, 0, 3, 4, 2).reshape(t, n, -1)  # NHWC flatten order
+        return self.torch.baddbmm(w["head.bias"][:, None, :], x, w["head.kernel"])
+
+    def stacked_step(self, sx, sy, qx, qy):
+        import torch.nn.functional as F
+
+        t = sx.shape[0]
+
+        def summed_task_means(logits, y):
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum") / y.shape[1]
+
+        w = {k: v.expand(t, *v.shape) for k, v in self.params.items()}
+        for _ in range(self.inner_steps):  # d(sum of task losses)/d(task t's copy) = task t's gradient
+            grads = self.torch.autograd.grad(summed_task_means(self.forward_stacked(w, sx), sy),
+                                             [w[k] for k in self.names], create_graph=True)
+            w = {k: w[k] - INNER_LR * g for k, g in zip(self.names, grads)}
+        loss = summed_task_means(self.forward_stacked(w, qx), qy) / t
+        return loss.detach(), self.torch.autograd.grad(loss, [self.params[k] for k in self.names])
+
     def step(self, batch):
         torch = self.torch
         sx = torch.from_numpy(batch.support_x).permute(0, 1, 4, 2, 3).contiguous()
@@ -154,6 +191,8 @@ class TorchNative:
         sy, qy = torch.from_numpy(batch.support_y).long(), torch.from_numpy(batch.query_y).long()
         n = sx.shape[0]
         plist = [self.params[k] for k in self.names]
+        if self.mode == "stacked":
+            return self.stacked_step(sx, sy, qx, qy)
         if self.mode == "summed":
             total = sum(self.task_loss(sx[i], sy[i], qx[i], qy[i]) for i in range(n)) / n
             return total.detach(), torch.autograd.grad(total, plist)
@@ -426,6 +465,8 @@ def main(argv=None):
     p.add_argument("--torch-native", choices=("per-task", "summed"), default="per-task",
                    help="hand-written torch: one backward per task (default) or of the summed loss")
     p.add_argument("--no-composite", action="store_true", help="leave out the composite-op rows")
+    p.add_argument("--stacked", action="store_true",
+                   help="add a hand-written torch row with the tasks stacked (one grouped convolution per layer)")
     p.add_argument("--xla", action="store_true", help="add a metabridge TF row traced with jit_compile=True")
     p.add_argument("--learn2learn-src", default=os.environ.get("LEARN2LEARN_SRC"),
                    help="a learn2learn source checkout, used when learn2learn is not installed")
@@ -454,6 +495,9 @@ def main(argv=None):
             if not args.no_composite:
                 rows.append(("torch hand-written, composite BN/CE (old row)",
                              TorchNative(params_np, "composite", args.torch_native)))
+            if args.stacked:
+                rows.append(("torch hand-written, tasks stacked (grouped conv)",
+                             TorchNative(params_np, "fused", "stacked")))
             maml_cls, l2l_note = load_learn2learn(args.learn2learn_src)
             info["learn2learn"] = l2l_note
             if maml_cls is not None:
