@@ -145,6 +145,13 @@ class Adam:
         return update_via_apply(self, params, grads, state)
 
 
+def check_decay(name: str, value) -> float:
+    """``value`` as a float when ``0 < value < 1``; else the error that names ``name``."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value < 1.0):
+        raise ValueError(f"Expected 0 < {name} < 1. Received: {name}={value!r}")
+    return float(value)
+
+
 class ParameterAverage:
     """``opt`` that also keeps an exponential moving average of the parameters
     (Polyak averaging), for evaluation: slot ``avg.<name>`` holds
@@ -170,9 +177,7 @@ class ParameterAverage:
         if not hasattr(opt, "apply"):
             raise ValueError(f"Expected an optimizer with scalars() and apply() to average. "
                              f"Received: {type(opt).__name__}")
-        if not (isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0.0 < decay < 1.0):
-            raise ValueError(f"Expected 0 < decay < 1. Received: decay={decay!r}")
-        self.opt, self.decay = opt, float(decay)
+        self.opt, self.decay = opt, check_decay("decay", decay)
 
     def init(self, params: dict) -> dict:
         state = self.opt.init(params)
@@ -180,11 +185,8 @@ class ParameterAverage:
         return state
 
     def scalars(self, step: int) -> dict:
-        inner = self.opt.scalars(step)
-        if "avg_weight" in inner:
-            raise ValueError(f"Expected an optimizer without a scalar named avg_weight. Received: {inner}")
         t = step + 1
-        return {**inner, "avg_weight": (1.0 - self.decay) / (1.0 - self.decay ** t)}
+        return {**self.opt.scalars(step), "avg_weight": (1.0 - self.decay) / (1.0 - self.decay ** t)}
 
     def apply(self, params: dict, grads: dict, slots: dict, scalars: dict) -> tuple[dict, dict]:
         inner = {k: v for k, v in slots.items() if not k.startswith(self.prefix)}

@@ -15,7 +15,7 @@ import numpy as np
 from metabridge import config, ops
 from metabridge.data import Episode, PairBatch, TaskBatch
 from metabridge.data.omniglot_splits import OMNIGLOT_ROTATIONS, OMNIGLOT_SPLITS
-from metabridge.optim import ParameterAverage, StepDecay
+from metabridge.optim import ParameterAverage, StepDecay, check_decay
 from metabridge.train.distributed import split_check
 from metabridge.train.limits import check_memory
 from metabridge.train.stepper import MAX_BATCH_BYTES, STEPS_PER_CALL
@@ -128,9 +128,8 @@ class ExperimentConfig:
                              f"only {able} can change ways). Received: ways={c.ways}, test_ways={c.test_ways}")
         if c.lr_decay_every is not None:
             StepDecay(c.outer_lr, c.lr_decay_every, c.lr_decay)  # validates both
-        if c.ema_decay is not None and not (isinstance(c.ema_decay, (int, float))
-                                            and not isinstance(c.ema_decay, bool) and 0 < c.ema_decay < 1):
-            raise ValueError(f"Expected 0 < ema_decay < 1 (or none). Received: ema_decay={c.ema_decay!r}")
+        if c.ema_decay is not None:
+            check_decay("ema_decay", c.ema_decay)
         if not isinstance(c.transductive, bool):
             raise ValueError(f"Expected transductive true or false. Received: transductive={c.transductive!r}")
         if not c.transductive and "transductive" not in recipe.options:
