@@ -20,7 +20,8 @@ from dataclasses import asdict
 from metabridge import backend as _table
 from metabridge import config
 from metabridge.algorithms.siamese import (DISTANCES, SIAMESE_ENCODERS, SIAMESE_HEADS, SIAMESE_INITS,
-                                          SIAMESE_LOSSES, SIAMESE_OPTIMIZERS, SIAMESE_PAIRS)
+                                          SIAMESE_LOSSES, SIAMESE_NORMS, SIAMESE_OPTIMIZERS, SIAMESE_PAIRS,
+                                          SIAMESE_TEST_AUGMENTS)
 from metabridge.recipes import DEFAULT_COMPARE, dataset_names, get_recipe, recipe_names
 from metabridge.train import RunDir, RunOptions, evaluate_run, resume, run_experiment, train
 from metabridge.train.baselines import compute_baselines
@@ -98,6 +99,12 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
                    help="Siamese on Omniglot: evaluation alphabets that validate (default 10; 0: none)")
     p.add_argument("--siamese-pairs", choices=SIAMESE_PAIRS, default=S,
                    help="Siamese: independent pairs (Koch) or all pairs among a batch's --meta-batch classes")
+    p.add_argument("--siamese-norm", choices=SIAMESE_NORMS, default=S,
+                   help="Siamese, batch-norm encoders: normalise a pair batch's two sets (an episode's support "
+                        "and query sets) jointly (default) or per set")
+    p.add_argument("--siamese-test-augment", choices=SIAMESE_TEST_AUGMENTS, default=S,
+                   help="Siamese one-shot evaluation: none (default) or shifts (mean embedding of each image and "
+                        "its four one-pixel shifts)")
     p.add_argument("--fce", action="store_const", const=True, default=S, help="Matching: full context embeddings")
     p.add_argument("--non-transductive", dest="transductive", action="store_const", const=False, default=S,
                    help="Reptile: each query in its own batch-norm batch; in a file: transductive = false")

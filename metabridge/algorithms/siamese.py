@@ -71,6 +71,11 @@ SIAMESE_HEADS = ("softplus", "free")
 SIAMESE_HEAD_INITS = ("centred", "koch", "glorot")  # None: centred with a probe
 SIAMESE_OPTIMIZERS = ("adam", "koch-sgd")
 SIAMESE_PAIRS = ("independent", "all-in-batch")
+#: How a batch-norm encoder normalises the two sets of a pair batch or an episode.
+SIAMESE_NORMS = ("joint", "per-set")
+#: Test-time augmentation of one-shot evaluation.
+SIAMESE_TEST_AUGMENTS = ("none", "shifts")
+_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (rows, columns) of the test_augment="shifts" copies
 #: The recipe's choices (``--siamese-init``, ``--siamese-encoder``).
 SIAMESE_INITS = ("default", "koch", "glorot")
 SIAMESE_ENCODERS = ("auto", "koch", "conv4", "conv4-32", "conv4-spatial")
@@ -85,9 +90,16 @@ class Siamese(Model, Algorithm):
     or ``b + v · d`` with ``head="free"``): ``[embedding, 1]`` for the weighted
     L1 distance, ``[1, 1]`` on the scalar L2 / cosine distance. ``head_init``:
     how the head starts (see the module docstring); ``optimizer``: ``"adam"``
-    or ``"koch-sgd"`` (:class:`KochSGD`, options in ``koch_sgd``). Both images of
-    a pair (and an episode's support and query sets) go through the encoder in
-    one batch, so a batch-norm encoder normalises them alike.
+    or ``"koch-sgd"`` (:class:`KochSGD`, options in ``koch_sgd``). ``norm``
+    (batch-norm encoders): ``"joint"`` passes both images of a pair batch (and
+    an episode's support and query sets) through the encoder as one batch, so
+    batch norm normalises them with the same statistics; ``"per-set"`` passes
+    each set as its own batch, as MAML's evaluation does with support and query
+    sets. In Koch's and Lake's 20-way task each set is one drawer's drawings, so
+    per-set statistics take out what is common to one drawer (see
+    :meth:`embed_both`). ``test_augment="shifts"``: one-shot evaluation embeds
+    every image as the mean embedding of the image and its four one-pixel shifts
+    (see :meth:`embed_episode`); training is unchanged.
 
     >>> from metabridge.nn import SmallConvEncoder
     >>> net = Siamese(SmallConvEncoder(input_shape=(8, 8, 1)), distance="l1", loss="bce")
@@ -102,7 +114,8 @@ class Siamese(Model, Algorithm):
 
     def __init__(self, encoder: Model, distance: str = "l1", loss: str = "bce", margin: float = 1.0,
                  head: str = "softplus", head_init: str | None = None, optimizer: str = "adam",
-                 koch_sgd: dict | None = None, probe=None, pairs: str = "independent"):
+                 koch_sgd: dict | None = None, probe=None, pairs: str = "independent", norm: str = "joint",
+                 test_augment: str = "none"):
         if not isinstance(encoder, Model):
             raise ValueError(f"Expected a metabridge.nn.Model encoder. Received: {type(encoder).__name__}")
         if distance not in DISTANCES:
@@ -118,14 +131,16 @@ class Siamese(Model, Algorithm):
                              "with head_init='centred'")
         for name, value, choices in (("head", head, SIAMESE_HEADS), ("head_init", head_init, SIAMESE_HEAD_INITS),
                                      ("optimizer", optimizer, SIAMESE_OPTIMIZERS),
-                                     ("pairs", pairs, SIAMESE_PAIRS)):
+                                     ("pairs", pairs, SIAMESE_PAIRS), ("norm", norm, SIAMESE_NORMS),
+                                     ("test_augment", test_augment, SIAMESE_TEST_AUGMENTS)):
             if value not in choices:
                 raise ValueError(f"Expected {name} in {choices}. Received: {name}={value!r}")
         if loss == "softmax" and pairs != "all-in-batch":
             raise ValueError("Expected pairs='all-in-batch' for loss='softmax' (it ranks each image's partner "
                              f"against the batch's other images). Received: pairs={pairs!r}")
         self.encoder, self.distance, self.loss, self.margin = encoder, distance, loss, float(margin)
-        self.head, self.head_init, self.optimizer, self.pairs = head, head_init, optimizer, pairs
+        self.head, self.head_init, self.optimizer, self.pairs, self.norm = head, head_init, optimizer, pairs, norm
+        self.test_augment = test_augment
         self.probe = probe  # (x1, x2), or a function returning them (called by init only)
         self.koch_sgd = dict(koch_sgd or {})
         if optimizer == "koch-sgd":
@@ -202,14 +217,38 @@ class Siamese(Model, Algorithm):
         return self(params, x)
 
     def embed_both(self, params: dict, a, b):
-        """Embeddings of two batches in one pass (a batch-norm encoder then
-        normalises both with the same statistics): ``(embed(a), embed(b))``
-        for encoders without batch norm."""
-        if not self._batch_norm:  # the same numbers either way; two calls keep earlier rounding
+        """``(embed(a), embed(b))``. With a batch-norm encoder and ``norm="joint"``
+        the two batches go through the encoder in one pass, so both are normalised
+        with the same statistics; with ``norm="per-set"`` each with its own.
+
+        Why per-set (measured, 28×28 Omniglot, the session-14 recipe's trained
+        parameters, 600 validation episodes of 20-way within-alphabet one-shot):
+        87.5 % with per-set statistics against 85.9 % with joint ones. In the task
+        the support set is one drawer's drawings and the query set another's, and
+        each set's own statistics take out that drawer's stroke width and size."""
+        if not self._batch_norm or self.norm == "per-set":  # two calls (the same numbers without batch norm)
             return self.embed(params, a), self.embed(params, b)
         n = ops.shape(a)[0]
         e = self.embed(params, ops.concat([ops.asarray(a), ops.asarray(b)], 0))
         return e[:n], e[n:]
+
+    def embed_episode(self, params: dict, support_x, query_x):
+        """Support and query embeddings for one-shot evaluation: :meth:`embed_both`, or
+        with ``test_augment="shifts"`` the mean of :meth:`embed_both` over the sets
+        shifted by one pixel up, down, left and right and not at all (the vacated
+        row or column repeats the edge, i.e. the background). Each shifted set is
+        normalised as a set, as ``norm`` says.
+
+        Measured (28×28 Omniglot, the session-14 recipe's trained parameters, per-set
+        statistics, 600 validation episodes): 88.8 % with the shifts against 87.5 %."""
+        if self.test_augment == "none":
+            return self.embed_both(params, support_x, query_x)
+        support_x, query_x = ops.asarray(support_x), ops.asarray(query_x)
+        es = eq = None
+        for dy, dx in _SHIFTS:
+            a, b = self.embed_both(params, _shift(support_x, dy, dx), _shift(query_x, dy, dx))
+            es, eq = (a, b) if es is None else (es + a, eq + b)
+        return es / len(_SHIFTS), eq / len(_SHIFTS)
 
     # ---- pair scores -----------------------------------------------------------------
     def _pair_distance(self, e1, e2):
@@ -321,7 +360,7 @@ class Siamese(Model, Algorithm):
     def one_shot_predictions(self, params: dict, support_x, support_y, query_x):
         """Label of the most similar support example, for each query."""
         params = {k: ops.asarray(v) for k, v in params.items()}
-        es, eq = self.embed_both(params, support_x, query_x)
+        es, eq = self.embed_episode(params, support_x, query_x)
         scores = self.pair_score_matrix(params, eq, es)
         nearest = ops.to_numpy(ops.argmax(scores, -1))
         return np.asarray(ops.to_numpy(ops.asarray(support_y)))[nearest]
@@ -332,7 +371,7 @@ class Siamese(Model, Algorithm):
         if steps is not None:
             raise ValueError(f"Expected no inner steps for Siamese (it does not adapt). Received: steps={steps!r}")
         tensors = {k: ops.asarray(v) for k, v in params.items()}
-        es, eq = self.embed_both(tensors, episode.support_x, episode.query_x)
+        es, eq = self.embed_episode(tensors, episode.support_x, episode.query_x)
         scores = ops.to_numpy(self.pair_score_matrix(tensors, eq, es))
         labels = np.asarray(ops.to_numpy(ops.asarray(episode.support_y))).astype(np.int64)
         out = np.full((scores.shape[0], int(labels.max()) + 1), -np.inf, dtype=scores.dtype)
@@ -352,6 +391,20 @@ class Siamese(Model, Algorithm):
         """Fraction of the episode's queries matched to a support example of their class."""
         pred = self.one_shot_predictions(params, episode.support_x, episode.support_y, episode.query_x)
         return float(np.mean(pred == np.asarray(ops.to_numpy(ops.asarray(episode.query_y)))))
+
+
+def _shift(x, dy: int, dx: int):
+    """``x`` ``[n, H, W, C]`` moved ``dy`` rows down and ``dx`` columns right by one pixel at most,
+    the vacated row or column a copy of the edge."""
+    if dy == 1:
+        x = ops.concat([x[:, :1], x[:, :-1]], 1)
+    elif dy == -1:
+        x = ops.concat([x[:, 1:], x[:, -1:]], 1)
+    if dx == 1:
+        x = ops.concat([x[:, :, :1], x[:, :, :-1]], 2)
+    elif dx == -1:
+        x = ops.concat([x[:, :, 1:], x[:, :, -1:]], 2)
+    return x
 
 
 class KochSGD:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from metabridge.algorithms import ANIL, MAML, MatchingNet, MetaSGD, ProtoNet, Reptile, Siamese
 from metabridge.algorithms.siamese import (SIAMESE_ENCODERS, SIAMESE_HEAD_LOSSES, SIAMESE_HEADS, SIAMESE_INITS,
-                                           SIAMESE_LOSSES, SIAMESE_OPTIMIZERS, SIAMESE_PAIRS, KochSGD)
+                                           SIAMESE_LOSSES, SIAMESE_NORMS, SIAMESE_OPTIMIZERS, SIAMESE_PAIRS,
+                                           SIAMESE_TEST_AUGMENTS, KochSGD)
 from metabridge.nn import KochEncoder, SmallConvEncoder
 from metabridge.nn.siamese_encoders import Conv4Embedding
 from metabridge.recipes.registry import Recipe, register_recipe
@@ -68,13 +69,15 @@ def _siamese(c, encoder, dataset):
         def probe():  # the head starts centred on the first training batch's pairs (see Siamese)
             return dataset.sources(c, "pairs").train.batch(0)[:2]
     return Siamese(encoder, c.distance, c.siamese_loss, head=c.siamese_head, head_init=head_init,
-                   optimizer=c.siamese_optimizer, koch_sgd=koch_sgd, probe=probe, pairs=c.siamese_pairs)
+                   optimizer=c.siamese_optimizer, koch_sgd=koch_sgd, probe=probe, pairs=c.siamese_pairs,
+                   norm=c.siamese_norm, test_augment=c.siamese_test_augment)
 
 
 def _siamese_checks(c) -> None:
     for name, choices in (("siamese_head", SIAMESE_HEADS), ("siamese_init", SIAMESE_INITS),
                           ("siamese_encoder", SIAMESE_ENCODERS), ("siamese_optimizer", SIAMESE_OPTIMIZERS),
-                          ("siamese_pairs", SIAMESE_PAIRS), ("siamese_loss", SIAMESE_LOSSES)):
+                          ("siamese_pairs", SIAMESE_PAIRS), ("siamese_loss", SIAMESE_LOSSES),
+                          ("siamese_norm", SIAMESE_NORMS), ("siamese_test_augment", SIAMESE_TEST_AUGMENTS)):
         if getattr(c, name) not in choices:
             raise ValueError(f"Expected {name} in {choices}. Received: {name}={getattr(c, name)!r}")
     if c.siamese_loss == "softmax" and c.siamese_pairs != "all-in-batch":

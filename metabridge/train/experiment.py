@@ -82,6 +82,8 @@ class ExperimentConfig:
     augment: bool = False
     val_alphabets: int = 10
     siamese_pairs: str = "independent"
+    siamese_norm: str = "joint"
+    siamese_test_augment: str = "none"
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with defaults filled in and every value checked. Defaults come
