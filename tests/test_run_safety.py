@@ -175,15 +175,21 @@ def test_two_concurrent_resumes_the_second_is_refused_at_once(tmp_path, capsys):
     while not list_checkpoints(os.path.join(run, "checkpoints")):     # the first is writing
         assert first.poll() is None and time.time() < deadline, open(log).read()
         time.sleep(0.01)
-    t0 = time.perf_counter()
-    with pytest.raises(RunLockedError, match=rf"Expected no other process writing the run {run}.* is held by "
-                                             rf"pid {first.pid} on host"):
-        resume(run, quiet=True)
-    assert time.perf_counter() - t0 < 1.0
-    second = _spawn(["resume", run, "--quiet"], str(tmp_path / "log2"))
-    assert second.wait(timeout=60) == 2
-    assert f"is held by pid {first.pid}" in open(tmp_path / "log2").read()
-    assert first.poll() is None                                       # refused while the first still runs
+    # The first is stopped (not ended: it keeps its lock) while the others try, so a slow start of the
+    # second process on a loaded machine cannot let the first finish first.
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(RunLockedError, match=rf"Expected no other process writing the run {run}.* is held by "
+                                                 rf"pid {first.pid} on host"):
+            resume(run, quiet=True)
+        assert time.perf_counter() - t0 < 1.0
+        second = _spawn(["resume", run, "--quiet"], str(tmp_path / "log2"))
+        assert second.wait(timeout=120) == 2
+        assert f"is held by pid {first.pid}" in open(tmp_path / "log2").read()
+        assert first.poll() is None                                   # refused while the first still runs
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert first.wait(timeout=600) == 0, open(log).read()
     strip = lambda p: [{k: v for k, v in m.items() if k != "seconds"} for m in RunDir.open(p).read_metrics()]
     assert strip(run) == strip(str(tmp_path / "ref"))
